@@ -1,0 +1,8 @@
+"""atdt_ros: the vehicle side of AT/DT.
+
+The exported E1 -> (D1, G -> D2) chain format, inference backends, image pre/post-processing,
+the one metrics module and the ROS 2 perception node. Imports neither Lightning, MuJoCo nor any
+training code; rclpy only in :mod:`atdt_ros.node` (and the replay tool).
+"""
+
+__version__ = "0.1.0"
