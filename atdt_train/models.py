@@ -1,0 +1,325 @@
+"""The AT/DT networks (Sec. 4): task networks N = D∘E and the transfer network G.
+
+- ``Encoder`` E: a dilated ResNet (output stride 16: ``layer4`` has stride 1, dilation 2) whose
+  state-dict keys are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``, ...), so ImageNet
+  checkpoints load with ``load_imagenet``. ``feature_level`` k keeps the stem and
+  ``layer1..layerk`` (Sec. 3.5: the split between E and D).
+- ``Decoder`` D: the remaining residual stages ``layer{k+1}..layer4`` then bilinear up-sampling
+  and convolution blocks back to full resolution; the last layer has 11 filters (semantic) or 1
+  (depth).
+- ``TaskNet`` N = D∘E.
+- ``TransferNet`` G: convolutions down to 1/4 of its input resolution and deconvolutions back,
+  mapping E1 features to E2 features of the same shape.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from atdt_ros.classmap import NUM_CLASSES
+
+TASKS: tuple[str, ...] = ("semantic", "depth")
+DEPTHS: tuple[int, ...] = (18, 34, 50)
+NORMS: tuple[str, ...] = ("batch", "group", "none")
+FEATURE_LEVELS: tuple[int, ...] = (1, 2, 3, 4)
+
+Norm = Literal["batch", "group", "none"]
+
+# blocks per residual stage, as in torchvision's resnet18/34/50
+_LAYERS: dict[int, tuple[int, int, int, int]] = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
+_WIDTHS: tuple[int, int, int, int] = (64, 128, 256, 512)
+# (stride, dilation) of each residual stage for output stride 16
+_STRIDES: tuple[tuple[int, int], ...] = ((1, 1), (2, 1), (2, 1), (1, 2))
+
+
+def task_channels(task: str) -> int:
+    """Number of output filters of a task's last layer: 11 classes or 1 depth map."""
+    check_choice("task", task, TASKS)
+    return NUM_CLASSES if task == "semantic" else 1
+
+
+def check_choice(name: str, value: object, accepted: tuple) -> None:
+    """Raise ValueError naming ``name`` when ``value`` is not one of ``accepted``."""
+    if value not in accepted:
+        raise ValueError(f"{name}={value!r} is not supported; accepted: {', '.join(map(str, accepted))}")
+
+
+def make_norm(norm: str, channels: int) -> nn.Module:
+    """The normalisation layer chosen for the Sec. 6.3 ablation: batch, group or none."""
+    check_choice("norm", norm, NORMS)
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "group":
+        groups = 32 if channels % 32 == 0 else (16 if channels % 16 == 0 else 1)
+        return nn.GroupNorm(groups, channels)
+    return nn.Identity()
+
+
+def stage_channels(depth: int, level: int) -> int:
+    """Output channels of residual stage ``level`` (1..4) of a ResNet of ``depth`` layers."""
+    check_choice("depth", depth, DEPTHS)
+    check_choice("feature_level", level, FEATURE_LEVELS)
+    return _WIDTHS[level - 1] * (4 if depth == 50 else 1)
+
+
+def stage_stride(level: int) -> int:
+    """Down-sampling factor of the features after residual stage ``level`` (4, 8, 16, 16)."""
+    check_choice("feature_level", level, FEATURE_LEVELS)
+    return (4, 8, 16, 16)[level - 1]
+
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock (same parameter names) with dilation support."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
+                 downsample: nn.Module | None = None, norm: str = "batch") -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn1 = make_norm(norm, planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = make_norm(norm, planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """torchvision's Bottleneck (stride on the 3x3 conv, same parameter names) with dilation."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
+                 downsample: nn.Module | None = None, norm: str = "batch") -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = make_norm(norm, planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = make_norm(norm, planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = make_norm(norm, planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+def make_stage(depth: int, level: int, norm: str) -> nn.Sequential:
+    """Residual stage ``layer{level}`` of a dilated ResNet (torchvision's key layout)."""
+    block = Bottleneck if depth == 50 else BasicBlock
+    planes = _WIDTHS[level - 1]
+    inplanes = 64 if level == 1 else stage_channels(depth, level - 1)
+    stride, dilation = _STRIDES[level - 1]
+    downsample = None
+    if stride != 1 or inplanes != planes * block.expansion:
+        downsample = nn.Sequential(
+            nn.Conv2d(inplanes, planes * block.expansion, 1, stride, bias=False),
+            make_norm(norm, planes * block.expansion),
+        )
+    # like DeepLab's dilated ResNets, the first block of a dilated stage uses half the dilation
+    blocks = [block(inplanes, planes, stride, max(1, dilation // 2), downsample, norm)]
+    blocks += [block(planes * block.expansion, planes, 1, dilation, None, norm)
+               for _ in range(1, _LAYERS[depth][level - 1])]
+    return nn.Sequential(*blocks)
+
+
+def load_resnet_weights(module: nn.Module, path: str | Path) -> list[str]:
+    """Copy the tensors of a torchvision ResNet checkpoint whose keys ``module`` also has.
+
+    Keys the module lacks (``fc``, stages outside it) are ignored; a key present in both with a
+    different shape is an error naming the key. Returns the loaded keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ImageNet checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or not a torch file
+        raise ValueError(f"cannot read ImageNet checkpoint {path}: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no state dict (got {type(state).__name__})")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = module.state_dict()
+    loaded = {}
+    for key, value in state.items():
+        if key not in own:
+            continue
+        if own[key].shape != value.shape:
+            raise ValueError(f"{path}: key {key} has shape {tuple(value.shape)}, "
+                             f"the network expects {tuple(own[key].shape)} (wrong ResNet depth?)")
+        loaded[key] = value
+    if not loaded:
+        raise ValueError(f"{path}: no key matches a torchvision ResNet (e.g. 'conv1.weight')")
+    module.load_state_dict(loaded, strict=False)
+    return sorted(loaded)
+
+
+class Encoder(nn.Module):
+    """E: dilated ResNet-18/34/50 up to residual stage ``feature_level`` (output stride <= 16)."""
+
+    def __init__(self, depth: int = 18, norm: Norm = "batch", feature_level: int = 4) -> None:
+        super().__init__()
+        check_choice("depth", depth, DEPTHS)
+        check_choice("norm", norm, NORMS)
+        check_choice("feature_level", feature_level, FEATURE_LEVELS)
+        self.depth, self.norm, self.feature_level = depth, norm, feature_level
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = make_norm(norm, 64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        for level in range(1, feature_level + 1):
+            setattr(self, f"layer{level}", make_stage(depth, level, norm))
+        self.out_channels = stage_channels(depth, feature_level)
+        self.stride = stage_stride(feature_level)
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for level in range(1, self.feature_level + 1):
+            x = getattr(self, f"layer{level}")(x)
+        return x
+
+    def load_imagenet(self, path: str | Path) -> list[str]:
+        """Load a torchvision ImageNet checkpoint (``--init PATH``), ignoring fc and absent stages."""
+        return load_resnet_weights(self, path)
+
+
+class UpBlock(nn.Module):
+    """Bilinear up-sampling to a given size followed by conv 3x3 + norm + ReLU."""
+
+    def __init__(self, cin: int, cout: int, norm: str) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=norm == "none")
+        self.bn = make_norm(norm, cout)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return self.relu(self.bn(self.conv(x)))
+
+
+class Decoder(nn.Module):
+    """D: residual stages after ``feature_level``, then up-sampling blocks to full resolution."""
+
+    def __init__(self, task: str, feature_level: int = 4, depth: int = 18, norm: Norm = "batch",
+                 widths: tuple[int, ...] = (256, 128, 64, 32)) -> None:
+        super().__init__()
+        check_choice("task", task, TASKS)
+        check_choice("depth", depth, DEPTHS)
+        check_choice("feature_level", feature_level, FEATURE_LEVELS)
+        self.task, self.feature_level, self.depth = task, feature_level, depth
+        self.in_channels = stage_channels(depth, feature_level)
+        for level in range(feature_level + 1, 5):
+            setattr(self, f"layer{level}", make_stage(depth, level, norm))
+        self.stride = 16  # after layer4 (or a shallower split, which is up-sampled anyway)
+        cin = stage_channels(depth, 4)
+        # 1/16 -> 1/8 -> 1/4 -> 1/2 -> 1/1: one block per scale
+        self.project = UpBlock(cin, widths[0], norm)
+        self.up = nn.ModuleList(UpBlock(a, b, norm) for a, b in zip(widths[:-1], widths[1:]))
+        self.up.append(UpBlock(widths[-1], widths[-1], norm))
+        self.head = nn.Conv2d(widths[-1], task_channels(task), 3, padding=1)
+        _init_weights(self)
+
+    def forward(self, features: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        x = features
+        for level in range(self.feature_level + 1, 5):
+            x = getattr(self, f"layer{level}")(x)
+        h, w = int(out_size[0]), int(out_size[1])
+        x = self.project(x, tuple(x.shape[-2:]))
+        factors = (8, 4, 2, 1)
+        for block, f in zip(self.up, factors):
+            x = block(x, (-(-h // f), -(-w // f)))
+        return self.head(x)
+
+    def load_imagenet(self, path: str | Path) -> list[str]:
+        """Load the ImageNet weights of this decoder's residual stages (none when level 4)."""
+        if self.feature_level == 4:
+            return []
+        return load_resnet_weights(self, path)
+
+
+class TaskNet(nn.Module):
+    """N = D∘E for one task (``semantic`` logits (N,11,H,W) or ``depth`` (N,1,H,W))."""
+
+    def __init__(self, task: str, depth: int = 18, norm: Norm = "batch", feature_level: int = 4) -> None:
+        super().__init__()
+        self.task = task
+        self.encoder = Encoder(depth, norm, feature_level)
+        self.decoder = Decoder(task, feature_level, depth, norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x), tuple(x.shape[-2:]))
+
+    def load_imagenet(self, path: str | Path) -> list[str]:
+        """Initialise E (and D's residual stages) from a torchvision ImageNet checkpoint."""
+        keys = self.encoder.load_imagenet(path)
+        return keys + [f"decoder.{k}" for k in self.decoder.load_imagenet(path)]
+
+
+class TransferNet(nn.Module):
+    """G: E1 features -> E2 features, down to 1/4 of the input resolution and back (Sec. 4)."""
+
+    def __init__(self, channels: int, norm: Norm = "batch", hidden: int | None = None,
+                 out_channels: int | None = None) -> None:
+        super().__init__()
+        check_choice("norm", norm, NORMS)
+        hidden = hidden or min(channels, 512)
+        out_channels = out_channels or channels
+        self.channels, self.out_channels = channels, out_channels
+
+        def block(conv: nn.Module, c: int) -> nn.Sequential:
+            return nn.Sequential(conv, make_norm(norm, c), nn.ReLU(inplace=True))
+
+        bias = norm == "none"
+        self.down = nn.Sequential(
+            block(nn.Conv2d(channels, hidden, 3, 1, 1, bias=bias), hidden),
+            block(nn.Conv2d(hidden, hidden, 3, 2, 1, bias=bias), hidden),
+            block(nn.Conv2d(hidden, hidden, 3, 2, 1, bias=bias), hidden),
+        )
+        self.up = nn.Sequential(
+            block(nn.ConvTranspose2d(hidden, hidden, 4, 2, 1, bias=bias), hidden),
+            block(nn.ConvTranspose2d(hidden, hidden, 4, 2, 1, bias=bias), hidden),
+        )
+        self.out = nn.Conv2d(hidden, out_channels, 3, 1, 1)
+        _init_weights(self)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.up(self.down(features))
+        if x.shape[-2:] != features.shape[-2:]:  # odd sizes: back to the input grid
+            x = F.interpolate(x, size=features.shape[-2:], mode="bilinear", align_corners=False)
+        return self.out(x)
+
+
+def transfer(e1: Encoder, g: TransferNet, d2: Decoder, x: torch.Tensor) -> torch.Tensor:
+    """Eq. 4: task-2 prediction from task-1 features, D2(G(E1(x)))."""
+    return d2(g(e1(x)), tuple(x.shape[-2:]))
+
+
+def _init_weights(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
