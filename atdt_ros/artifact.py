@@ -1,0 +1,311 @@
+"""The exported-chain format: a directory holding the chain's weights and ``metadata.json``.
+
+``atdt_train export`` writes it; the node and the replay tool read it without importing any
+training code. The metadata records what the node needs (input size and normalisation, the
+task of each output, the class map, depth units and range, how to turn the depth output into
+metres) and what produced it (source checkpoint hashes, model hash, library versions, parity
+measured against the eager model). ``format_version`` is checked on load: a reader refuses
+artifacts written by a newer, incompatible format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION: int = 1
+"""Version of the metadata schema below; bumped on any incompatible change."""
+
+METADATA_FILE: str = "metadata.json"
+ENGINES_DIR: str = "engines"
+
+IMAGE_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+"""Per-channel RGB mean (on [0, 1] pixels) used to normalise network inputs (ImageNet)."""
+IMAGE_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+"""Per-channel RGB standard deviation used to normalise network inputs (ImageNet)."""
+
+FORMAT_FILES: dict[str, str] = {"pt2": "chain.pt2", "onnx": "chain.onnx"}
+"""Weight file of each portable export format inside the artifact directory."""
+
+TASKS: tuple[str, ...] = ("depth", "semantic")
+DIRECTIONS: dict[str, tuple[str, str]] = {
+    "dep2sem": ("depth", "semantic"),
+    "sem2dep": ("semantic", "depth"),
+}
+"""Transfer direction -> (task 1, task 2): task 1 comes from D1(E1(x)), task 2 from D2(G(E1(x)))."""
+
+
+class ArtifactError(ValueError):
+    """An exported chain that is missing, corrupt or incompatible with this reader."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The network input: a normalised float32 NCHW batch of RGB images."""
+
+    height: int
+    width: int
+    channels: str = "rgb"
+    mean: tuple[float, float, float] = IMAGE_MEAN
+    std: tuple[float, float, float] = IMAGE_STD
+    dtype: str = "float32"
+    layout: str = "NCHW"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One output of the chain: its task, element type and symbolic shape."""
+
+    task: str
+    dtype: str
+    shape: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """The class map carried by the artifact (ids, names, RGB colours, unlabeled id)."""
+
+    ids: tuple[int, ...]
+    names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    unlabeled_id: int
+
+
+@dataclass(frozen=True)
+class DepthSpec:
+    """How the depth output maps to metres.
+
+    With ``focal_normalised`` the network predicts depth for a camera of focal ``focal_ref``
+    pixels: metres = output * focal_px / focal_ref, where focal_px is the camera's fx at the
+    network input resolution (from camera_info, else ``default_focal``).
+    """
+
+    units: str
+    min: float
+    max: float
+    focal_normalised: bool
+    focal_ref: float
+    default_focal: float
+
+
+@dataclass(frozen=True)
+class ParityTolerance:
+    """Largest accepted difference between an exported format and the eager model."""
+
+    depth_max_abs: float
+    semantic_min_agreement: float
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """Everything ``metadata.json`` holds (see the module docstring)."""
+
+    input: InputSpec
+    outputs: dict[str, OutputSpec]
+    classes: ClassSpec
+    depth: DepthSpec
+    direction: str
+    tasks: dict[str, str]
+    formats: dict[str, str]
+    parity_tolerance: ParityTolerance
+    parity: dict[str, dict[str, float]]
+    sources: dict[str, str]
+    model_hash: str
+    versions: dict[str, str]
+    created: str
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Serialise to the JSON text of ``metadata.json``."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write a file so that readers see either the old or the complete new content."""
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_metadata(directory: str | os.PathLike, metadata: Metadata) -> Path:
+    """Validate and atomically write ``metadata.json`` into an artifact directory."""
+    validate(json.loads(metadata.to_json()), source=str(directory))
+    path = Path(directory) / METADATA_FILE
+    write_atomic(path, metadata.to_json())
+    return path
+
+
+def load_metadata(directory: str | os.PathLike) -> Metadata:
+    """Read and validate an artifact's metadata; raises ArtifactError naming file and fault."""
+    directory = Path(directory)
+    path = directory / METADATA_FILE
+    if not directory.is_dir():
+        raise ArtifactError(f"model directory {directory} does not exist "
+                            f"(expected a directory written by `atdt_train export`)")
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: {directory} is not an exported chain "
+                            f"(write one with `atdt_train export`)")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path} is corrupt: {exc}") from exc
+    return validate(raw, source=str(path))
+
+
+def _need(obj: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(obj, dict):
+        raise ArtifactError(f"{where}: expected an object, got {type(obj).__name__}")
+    if key not in obj:
+        raise ArtifactError(f"{where}: missing key '{key}'")
+    value = obj[key]
+    if kind is float:
+        kind = (int, float)
+    if isinstance(value, bool) and kind is not bool:
+        raise ArtifactError(f"{where}.{key}: expected {_kind_name(kind)}, got a boolean")
+    if not isinstance(value, kind):
+        raise ArtifactError(f"{where}.{key}: expected {_kind_name(kind)}, "
+                            f"got {type(value).__name__} {value!r}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    if isinstance(kind, tuple):
+        return " or ".join(k.__name__ for k in kind)
+    return kind.__name__
+
+
+def validate(raw: dict, source: str = METADATA_FILE) -> Metadata:
+    """Check a parsed metadata object against the schema and return it typed."""
+    where = source
+    version = _need(raw, "format_version", int, where)
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{where}: format_version {version} is not supported by this node "
+            f"(it reads format_version {FORMAT_VERSION}); re-export the model with this "
+            f"version of atdt or update the node")
+    inp = _need(raw, "input", dict, where)
+    w = where + ".input"
+    height, width = _need(inp, "height", int, w), _need(inp, "width", int, w)
+    if height <= 0 or width <= 0:
+        raise ArtifactError(f"{w}: height and width must be positive, got {height}x{width}")
+    channels = _need(inp, "channels", str, w)
+    if channels != "rgb":
+        raise ArtifactError(f"{w}.channels: expected 'rgb', got {channels!r}")
+    mean = tuple(float(v) for v in _need(inp, "mean", list, w))
+    std = tuple(float(v) for v in _need(inp, "std", list, w))
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ArtifactError(f"{w}: mean and std must hold 3 values, std positive")
+    dtype = _need(inp, "dtype", str, w)
+    layout = _need(inp, "layout", str, w)
+    if dtype != "float32" or layout != "NCHW":
+        raise ArtifactError(f"{w}: expected dtype float32 and layout NCHW, got {dtype} {layout}")
+    input_spec = InputSpec(height, width, channels, mean, std, dtype, layout)  # type: ignore[arg-type]
+
+    outs = _need(raw, "outputs", dict, where)
+    outputs = {}
+    for name in TASKS:
+        o = _need(outs, name, dict, where + ".outputs")
+        ow = f"{where}.outputs.{name}"
+        outputs[name] = OutputSpec(_need(o, "task", str, ow), _need(o, "dtype", str, ow),
+                                   tuple(str(s) for s in _need(o, "shape", list, ow)))
+
+    cls = _need(raw, "classes", dict, where)
+    cw = where + ".classes"
+    ids = tuple(_need(cls, "ids", list, cw))
+    names = tuple(_need(cls, "names", list, cw))
+    colors = tuple(tuple(c) for c in _need(cls, "colors", list, cw))
+    unlabeled = _need(cls, "unlabeled_id", int, cw)
+    if not ids or not (len(ids) == len(names) == len(colors)):
+        raise ArtifactError(f"{cw}: ids, names and colors must be non-empty and equally long")
+    for i, c in zip(ids, colors):
+        if not isinstance(i, int) or not 0 <= i <= 255 or len(c) != 3 \
+                or not all(isinstance(v, int) and 0 <= v <= 255 for v in c):
+            raise ArtifactError(f"{cw}: class id {i!r} / colour {c!r} out of range (0..255)")
+    if not 0 <= unlabeled <= 255 or unlabeled in ids:
+        raise ArtifactError(f"{cw}.unlabeled_id: {unlabeled} must be in 0..255 and not a class id")
+    class_spec = ClassSpec(ids, tuple(str(n) for n in names), colors, unlabeled)  # type: ignore[arg-type]
+
+    dep = _need(raw, "depth", dict, where)
+    dw = where + ".depth"
+    units = _need(dep, "units", str, dw)
+    if units != "m":
+        raise ArtifactError(f"{dw}.units: expected 'm', got {units!r}")
+    depth_spec = DepthSpec(units, float(_need(dep, "min", float, dw)),
+                           float(_need(dep, "max", float, dw)),
+                           _need(dep, "focal_normalised", bool, dw),
+                           float(_need(dep, "focal_ref", float, dw)),
+                           float(_need(dep, "default_focal", float, dw)))
+    if depth_spec.focal_normalised and (depth_spec.focal_ref <= 0 or depth_spec.default_focal <= 0):
+        raise ArtifactError(f"{dw}: focal_ref and default_focal must be positive")
+
+    direction = _need(raw, "direction", str, where)
+    if direction not in DIRECTIONS:
+        raise ArtifactError(f"{where}.direction: {direction!r}, expected one of {sorted(DIRECTIONS)}")
+    tasks = _need(raw, "tasks", dict, where)
+    if (tasks.get("task1"), tasks.get("task2")) != DIRECTIONS[direction]:
+        raise ArtifactError(f"{where}.tasks: {tasks} does not match direction {direction}")
+    formats = {str(k): str(v) for k, v in _need(raw, "formats", dict, where).items()}
+    tol = _need(raw, "parity_tolerance", dict, where)
+    tolerance = ParityTolerance(float(_need(tol, "depth_max_abs", float, where + ".parity_tolerance")),
+                                float(_need(tol, "semantic_min_agreement", float,
+                                            where + ".parity_tolerance")))
+    return Metadata(
+        input=input_spec, outputs=outputs, classes=class_spec, depth=depth_spec,
+        direction=direction, tasks=dict(tasks), formats=formats, parity_tolerance=tolerance,
+        parity=_need(raw, "parity", dict, where), sources=_need(raw, "sources", dict, where),
+        model_hash=_need(raw, "model_hash", str, where),
+        versions=_need(raw, "versions", dict, where), created=_need(raw, "created", str, where),
+        format_version=version, extra=raw.get("extra", {}) or {},
+    )
+
+
+def format_path(directory: str | os.PathLike, metadata: Metadata, fmt: str) -> Path:
+    """Path of an exported format's weight file; ArtifactError when it was not exported."""
+    if fmt not in metadata.formats:
+        raise ArtifactError(f"{directory}: format '{fmt}' was not exported "
+                            f"(exported: {', '.join(sorted(metadata.formats)) or 'none'})")
+    path = Path(directory) / metadata.formats[fmt]
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing (listed in {METADATA_FILE} for format '{fmt}')")
+    return path
+
+
+def depth_to_metres_scale(depth: DepthSpec, focal_px: float | None, input_width: int,
+                          network_width: int) -> float:
+    """Factor turning the depth output into metres for a camera of fx ``focal_px``.
+
+    ``focal_px`` is fx at the camera image's resolution (``input_width``); it is rescaled to
+    the network input width. None means no camera_info: ``default_focal`` (already at the
+    network resolution) is used.
+    """
+    if not depth.focal_normalised:
+        return 1.0
+    if focal_px is None or focal_px <= 0:
+        focal_net = depth.default_focal
+    else:
+        focal_net = focal_px * network_width / input_width
+    return focal_net / depth.focal_ref

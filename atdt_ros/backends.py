@@ -1,0 +1,303 @@
+"""Inference backends for an exported chain: ``torch`` (.pt2), ``onnxruntime`` (.onnx), ``tensorrt``.
+
+Every backend takes a normalised float32 (1, 3, H, W) numpy batch and returns numpy arrays
+``depth`` (1, 1, H, W) and ``semantic`` (1, H, W). TensorRT needs CUDA and torch-tensorrt; both
+are probed defensively (torch-tensorrt raises a plain Exception on import without CUDA). Its
+engines are compiled from the .pt2 program and cached in ``engines/`` under a key made of the
+model hash, GPU name, TensorRT version and precision: a cached engine for anything else is
+never loaded, and one that fails to load is rebuilt, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from atdt_ros.artifact import (
+    ENGINES_DIR, ArtifactError, Metadata, format_path, load_metadata, write_atomic,
+)
+
+LOG = logging.getLogger(__name__)
+
+BACKENDS: tuple[str, ...] = ("tensorrt", "onnxruntime", "torch")
+"""Backend names in the order ``auto`` prefers them (fastest first)."""
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+
+
+class BackendUnavailable(RuntimeError):
+    """A requested backend cannot run here; the message says why."""
+
+
+class Backend(Protocol):
+    """What the node needs from an inference backend."""
+
+    name: str
+    device: str
+    precision: str
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the chain on a (1, 3, H, W) float32 batch; returns depth and semantic arrays."""
+        ...
+
+
+def _torch_device(device: str) -> Any:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailable(f"device '{device}' requested but CUDA is not available "
+                                 f"(torch {torch.__version__})")
+    return torch.device(device)
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+class TorchBackend:
+    """The torch.export program (.pt2) run by PyTorch on CPU or CUDA."""
+
+    name = "torch"
+
+    def __init__(self, directory: Path, metadata: Metadata, device: str = "cpu",
+                 threads: int = 0, precision: str = "fp32"):
+        import torch
+
+        if precision != "fp32":
+            raise BackendUnavailable(f"backend torch runs the exported fp32 program only; "
+                                     f"precision '{precision}' needs backend tensorrt")
+        path = format_path(directory, metadata, "pt2")
+        _set_threads(threads)
+        self.device, self.precision = device, precision
+        self._device = _torch_device(device)
+        try:
+            program = torch.export.load(str(path))
+        except Exception as exc:  # corrupt or written by an incompatible torch
+            raise ArtifactError(f"{path} cannot be loaded by torch {torch.__version__}: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        self._module = program.module().to(self._device)
+        self._torch = torch
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the program; CPU outputs are returned without a copy."""
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self._device, non_blocking=True)
+            out = self._module(x)
+        return {k: v.cpu().numpy() for k, v in _as_dict(out).items()}
+
+
+def _as_dict(out: Any) -> dict[str, Any]:
+    if isinstance(out, dict):
+        return out
+    depth, semantic = out
+    return {"depth": depth, "semantic": semantic}
+
+
+class OnnxRuntimeBackend:
+    """The ONNX model run by ONNX Runtime (CPU, or CUDA when its provider is installed)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, directory: Path, metadata: Metadata, device: str = "cpu",
+                 threads: int = 0, precision: str = "fp32"):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendUnavailable(f"onnxruntime is not installed ({exc})") from exc
+        if precision != "fp32":
+            raise BackendUnavailable(f"backend onnxruntime runs the exported fp32 model only; "
+                                     f"precision '{precision}' needs backend tensorrt")
+        path = format_path(directory, metadata, "onnx")
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendUnavailable(
+                    f"device '{device}' requested but onnxruntime {ort.__version__} has no "
+                    f"CUDAExecutionProvider (available: {ort.get_available_providers()})")
+            providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        if threads > 0:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:
+            raise ArtifactError(f"{path} cannot be loaded by onnxruntime {ort.__version__}: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        self._input = self._session.get_inputs()[0].name
+        self._outputs = [o.name for o in self._session.get_outputs()]
+        missing = {"depth", "semantic"} - set(self._outputs)
+        if missing:
+            raise ArtifactError(f"{path}: outputs {self._outputs} lack {sorted(missing)}")
+        self.device, self.precision = device, precision
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run one session call."""
+        values = self._session.run(self._outputs, {self._input: batch})
+        return dict(zip(self._outputs, values))
+
+
+def tensorrt_status() -> tuple[bool, str]:
+    """(available, reason): whether CUDA and torch-tensorrt can compile engines here."""
+    try:
+        import torch
+    except ImportError as exc:
+        return False, f"torch is not installed ({exc})"
+    if not torch.cuda.is_available():
+        return False, f"CUDA is not available (torch {torch.__version__})"
+    try:
+        import torch_tensorrt  # noqa: F401  (raises a plain Exception without CUDA libraries)
+    except Exception as exc:
+        return False, f"torch-tensorrt cannot be imported: {type(exc).__name__}: {exc}"
+    return True, f"torch-tensorrt {torch_tensorrt.__version__}"
+
+
+def engine_key(model_hash: str, gpu_name: str, trt_version: str, precision: str) -> str:
+    """Cache key of a compiled engine: model hash, GPU, TensorRT version, precision."""
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-").lower()
+    trt = re.sub(r"[^A-Za-z0-9.]+", "-", trt_version)
+    return f"{model_hash[:16]}_{gpu}_trt{trt}_{precision}"
+
+
+class TensorRTBackend:
+    """The .pt2 program compiled by torch-tensorrt, with a keyed engine cache."""
+
+    name = "tensorrt"
+
+    def __init__(self, directory: Path, metadata: Metadata, device: str = "cuda",
+                 threads: int = 0, precision: str = "fp16", build_only: bool = False):
+        ok, why = tensorrt_status()
+        if not ok:
+            raise BackendUnavailable(f"backend tensorrt is unavailable: {why}")
+        import torch
+        import torch_tensorrt
+
+        if not device.startswith("cuda"):
+            device = "cuda"
+        if precision not in ("fp32", "fp16"):
+            raise BackendUnavailable(f"backend tensorrt supports precision fp32 or fp16, "
+                                     f"not '{precision}'")
+        self.device, self.precision = device, precision
+        self._torch = torch
+        dev = torch.device(device)
+        gpu = torch.cuda.get_device_name(dev)
+        trt_version = _tensorrt_version(torch_tensorrt)
+        key = engine_key(metadata.model_hash, gpu, trt_version, precision)
+        engines = Path(directory) / ENGINES_DIR
+        engines.mkdir(exist_ok=True)
+        self.engine_path = engines / f"{key}.ep"
+        info_path = engines / f"{key}.json"
+        inp = metadata.input
+        example = torch.zeros(1, 3, inp.height, inp.width, device=dev)
+        module = None
+        if self.engine_path.is_file() and info_path.is_file():
+            try:
+                info = json.loads(info_path.read_text())
+                if info.get("key") != key:
+                    raise ValueError(f"cache info says key {info.get('key')}")
+                module = torch.export.load(str(self.engine_path)).module()
+                module(example)  # a stale engine fails here, not on the first frame
+                LOG.info("tensorrt: loaded cached engine %s", self.engine_path)
+            except Exception as exc:  # stale or foreign engine: rebuild
+                LOG.warning("tensorrt: cached engine %s unusable (%s: %s); rebuilding",
+                            self.engine_path, type(exc).__name__, exc)
+                module = None
+        if module is None:
+            module = self._build(directory, metadata, example, precision, torch_tensorrt)
+            write_atomic(info_path, json.dumps(
+                {"key": key, "model_hash": metadata.model_hash, "gpu": gpu,
+                 "tensorrt": trt_version, "precision": precision}, indent=2) + "\n")
+        self._module = module
+        self.built_only = build_only
+
+    def _build(self, directory: Path, metadata: Metadata, example: Any, precision: str,
+               torch_tensorrt: Any) -> Any:
+        torch = self._torch
+        program = torch.export.load(str(format_path(directory, metadata, "pt2")))
+        LOG.info("tensorrt: compiling %s (%s); this takes a while", self.engine_path.name,
+                 precision)
+        dtypes = {torch.float16} if precision == "fp16" else {torch.float32}
+        trt_module = torch_tensorrt.dynamo.compile(
+            program, inputs=[example], enabled_precisions=dtypes,
+            device=torch_tensorrt.Device(self.device))
+        tmp = self.engine_path.with_name(self.engine_path.name + f".{os.getpid()}.tmp")
+        torch_tensorrt.save(trt_module, str(tmp), inputs=[example])
+        os.replace(tmp, self.engine_path)
+        return trt_module
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the engine on the GPU; outputs are copied back to host memory."""
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device)
+            out = self._module(x)
+        return {k: v.cpu().numpy() for k, v in _as_dict(out).items()}
+
+
+def _tensorrt_version(torch_tensorrt: Any) -> str:
+    try:
+        import tensorrt
+
+        return str(tensorrt.__version__)
+    except Exception:
+        return "unknown-" + str(torch_tensorrt.__version__)
+
+
+def available(directory: str | os.PathLike, metadata: Metadata, device: str) -> list[str]:
+    """Backends that can run this artifact here, in ``auto``'s order of preference."""
+    names = []
+    if "pt2" in metadata.formats and tensorrt_status()[0]:
+        names.append("tensorrt")
+    if "onnx" in metadata.formats:
+        try:
+            import onnxruntime as ort
+
+            if not device.startswith("cuda") or \
+                    "CUDAExecutionProvider" in ort.get_available_providers():
+                names.append("onnxruntime")
+        except ImportError:
+            pass
+    if "pt2" in metadata.formats:
+        names.append("torch")
+    return names
+
+
+def open_backend(directory: str | os.PathLike, name: str = "auto", device: str = "cpu",
+                 threads: int = 0, precision: str = "fp32", build_only: bool = False,
+                 metadata: Metadata | None = None) -> Backend:
+    """Load an artifact with the named backend; ``auto`` takes the first available one."""
+    directory = Path(directory)
+    metadata = metadata or load_metadata(directory)
+    if name not in ("auto",) + BACKENDS:
+        raise BackendUnavailable(f"unknown backend '{name}' (accepted: auto, "
+                                 f"{', '.join(BACKENDS)})")
+    if precision not in PRECISIONS:
+        raise BackendUnavailable(f"unknown precision '{precision}' (accepted: "
+                                 f"{', '.join(PRECISIONS)})")
+    if name == "auto":
+        choices = available(directory, metadata, device)
+        if not choices:
+            raise BackendUnavailable(f"no backend can run {directory} on '{device}' "
+                                     f"(exported formats: {sorted(metadata.formats)})")
+        name = choices[0]
+        if name != "tensorrt" and precision != "fp32":
+            LOG.info("auto: precision %s needs tensorrt; using fp32", precision)
+            precision = "fp32"
+        why = "" if name == "tensorrt" else f" (tensorrt: {tensorrt_status()[1]})"
+        LOG.info("backend auto chose %s on %s%s", name, device, why)
+    if name == "tensorrt":
+        return TensorRTBackend(directory, metadata, device, threads, precision,
+                               build_only=build_only)
+    if name == "onnxruntime":
+        return OnnxRuntimeBackend(directory, metadata, device, threads, precision)
+    return TorchBackend(directory, metadata, device, threads, precision)

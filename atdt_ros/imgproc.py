@@ -1,0 +1,178 @@
+"""sensor_msgs/Image <-> numpy, and the chain's pre- and post-processing.
+
+No ROS imports: functions take the Image fields (encoding, height, width, step, data) so the
+same code serves the node, the replay tool and the tests. Pre- and post-processing write into
+buffers allocated once per input size, so a steady camera stream allocates nothing per frame
+beyond what the message itself needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from atdt_ros import classmap
+from atdt_ros.artifact import DepthSpec, depth_to_metres_scale
+
+CHANNELS: dict[str, int] = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+"""Accepted input encodings and their channel count (8 bits per channel)."""
+
+RGB_ORDER: dict[str, tuple[int, int, int]] = {
+    "rgb8": (0, 1, 2), "bgr8": (2, 1, 0), "rgba8": (0, 1, 2), "bgra8": (2, 1, 0), "mono8": (0, 0, 0),
+}
+"""Source channel of R, G and B for each encoding (mono8 replicates its one channel)."""
+
+
+class InputError(ValueError):
+    """An image that cannot be processed; the message names the problem and what is accepted."""
+
+
+def image_to_array(encoding: str, height: int, width: int, step: int,
+                   data: bytes | bytearray | memoryview | Sequence[int]) -> np.ndarray:
+    """View an Image's pixels as (H, W, C) uint8 (or (H, W) for mono8), honouring row padding."""
+    if encoding not in CHANNELS:
+        raise InputError(f"unsupported encoding '{encoding}' "
+                         f"(accepted: {', '.join(CHANNELS)})")
+    if height <= 0 or width <= 0:
+        raise InputError(f"zero-size image {width}x{height} (width x height must be positive)")
+    channels = CHANNELS[encoding]
+    row = width * channels
+    if step < row:
+        raise InputError(f"step {step} is smaller than width*channels = {width}*{channels} = "
+                         f"{row} for {encoding}")
+    buf = data if isinstance(data, (bytes, bytearray, memoryview)) else memoryview(data)
+    flat = np.frombuffer(buf, dtype=np.uint8)
+    if flat.size != step * height:
+        raise InputError(f"data length {flat.size} != step*height = {step}*{height} = "
+                         f"{step * height}")
+    rows = flat.reshape(height, step)[:, :row]
+    if channels == 1:
+        return rows
+    return rows.reshape(height, width, channels)
+
+
+def array_to_image_fields(array: np.ndarray, encoding: str) -> tuple[int, int, int, bytes]:
+    """(height, width, step, data) of an Image holding ``array`` in ``encoding``, unpadded."""
+    expected = {"32FC1": (np.float32, 1), "mono8": (np.uint8, 1), "rgb8": (np.uint8, 3),
+                "bgr8": (np.uint8, 3), "rgba8": (np.uint8, 4), "bgra8": (np.uint8, 4)}
+    if encoding not in expected:
+        raise InputError(f"cannot encode '{encoding}' (accepted: {', '.join(expected)})")
+    dtype, channels = expected[encoding]
+    if array.dtype != dtype or (array.ndim == 2) != (channels == 1) \
+            or (array.ndim == 3 and array.shape[2] != channels):
+        raise InputError(f"array {array.dtype}{array.shape} does not fit encoding {encoding}")
+    height, width = array.shape[:2]
+    step = width * channels * array.dtype.itemsize
+    return height, width, step, np.ascontiguousarray(array).tobytes()
+
+
+def resize_interpolation(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int:
+    """OpenCV filter the training data used: area when shrinking, bilinear otherwise."""
+    shrinking = dst_hw[0] <= src_hw[0] and dst_hw[1] <= src_hw[1]
+    return cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+
+
+class Preprocessor:
+    """Resize a camera image to the network input and normalise it into a reused NCHW buffer."""
+
+    def __init__(self, height: int, width: int, mean: Sequence[float], std: Sequence[float]):
+        self.height, self.width = height, width
+        std_arr = np.asarray(std, dtype=np.float32)
+        self._scale = (1.0 / (255.0 * std_arr)).astype(np.float32)
+        self._shift = (-np.asarray(mean, dtype=np.float32) / std_arr).astype(np.float32)
+        self.batch = np.empty((1, 3, height, width), dtype=np.float32)
+        self._resized: dict[int, np.ndarray] = {}
+
+    def __call__(self, pixels: np.ndarray, encoding: str) -> np.ndarray:
+        """Fill and return the (1, 3, H, W) float32 batch for one image from image_to_array."""
+        channels = CHANNELS[encoding]
+        if pixels.shape[0] == self.height and pixels.shape[1] == self.width:
+            resized = pixels
+        else:
+            resized = self._resized.get(channels)
+            if resized is None:
+                shape = (self.height, self.width) if channels == 1 else \
+                    (self.height, self.width, channels)
+                resized = self._resized[channels] = np.empty(shape, dtype=np.uint8)
+            src = pixels if pixels.flags.c_contiguous else np.ascontiguousarray(pixels)
+            cv2.resize(src, (self.width, self.height), dst=resized,
+                       interpolation=resize_interpolation(pixels.shape[:2],
+                                                          (self.height, self.width)))
+        order = RGB_ORDER[encoding]
+        for c in range(3):
+            plane = resized if channels == 1 else resized[:, :, order[c]]
+            out = self.batch[0, c]
+            np.multiply(plane, self._scale[c], out=out)
+            out += self._shift[c]
+        return self.batch
+
+
+def normalise(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 normalised, without resizing (reference)."""
+    x = rgb.astype(np.float32) / 255.0
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+class Postprocessor:
+    """Turn the chain's outputs into images at the camera resolution, in reused buffers.
+
+    Depth: 32FC1 metres (REP 118), bilinear resize, non-positive or non-finite values as NaN
+    (REP 118's "no reading"). Semantic: mono8 class ids, nearest resize, ids not in the class
+    map as the unlabeled id. Colour: rgb8 from the class map's palette.
+    """
+
+    def __init__(self, depth: DepthSpec, class_ids: Sequence[int], unlabeled_id: int,
+                 network_width: int):
+        self.depth_spec = depth
+        self.network_width = network_width
+        self._lut = np.full(256, unlabeled_id, dtype=np.uint8)
+        self._lut[list(class_ids)] = list(class_ids)
+        self._shape: tuple[int, int] | None = None
+
+    def _ensure(self, height: int, width: int) -> None:
+        if self._shape != (height, width):
+            self._shape = (height, width)
+            self.depth = np.empty((height, width), dtype=np.float32)
+            self._invalid = np.empty((height, width), dtype=bool)
+            self.semantic = np.empty((height, width), dtype=np.uint8)
+            self.color = np.empty((height, width, 3), dtype=np.uint8)
+            self._labels_net: np.ndarray | None = None
+
+    def depth_metres(self, depth_out: np.ndarray, height: int, width: int,
+                     focal_px: float | None) -> np.ndarray:
+        """(1,1,h,w) or (h,w) depth output -> (height, width) float32 metres (reused buffer)."""
+        self._ensure(height, width)
+        d = np.asarray(depth_out, dtype=np.float32).reshape(depth_out.shape[-2:])
+        scale = depth_to_metres_scale(self.depth_spec, focal_px, width, self.network_width)
+        if d.shape == (height, width):
+            np.multiply(d, np.float32(scale), out=self.depth)
+        else:
+            cv2.resize(d, (width, height), dst=self.depth, interpolation=cv2.INTER_LINEAR)
+            if scale != 1.0:
+                self.depth *= np.float32(scale)
+        np.greater(self.depth, 0, out=self._invalid)  # NaN compares False: stays invalid
+        np.logical_not(self._invalid, out=self._invalid)
+        np.copyto(self.depth, np.float32(np.nan), where=self._invalid)
+        return self.depth
+
+    def semantic_ids(self, semantic_out: np.ndarray, height: int, width: int) -> np.ndarray:
+        """(1,h,w) or (h,w) class ids -> (height, width) uint8 mono8 labels (reused buffer)."""
+        self._ensure(height, width)
+        s = np.asarray(semantic_out).reshape(semantic_out.shape[-2:])
+        if self._labels_net is None or self._labels_net.shape != s.shape:
+            self._labels_net = np.empty(s.shape, dtype=np.uint8)
+        np.take(self._lut, s, out=self._labels_net, mode="clip")
+        if s.shape == (height, width):
+            self.semantic[...] = self._labels_net
+        else:
+            cv2.resize(self._labels_net, (width, height), dst=self.semantic,
+                       interpolation=cv2.INTER_NEAREST_EXACT)
+        return self.semantic
+
+    def semantic_color(self, labels: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 labels -> (H, W, 3) uint8 RGB via the class map (reused buffer)."""
+        self._ensure(*labels.shape)
+        return classmap.colorize(labels, out=self.color)
