@@ -1,0 +1,230 @@
+"""``atdt_train simulate``: render a split of a simulated domain into the dataset layout.
+
+Layout (docs/architecture.md): ``OUT/dataset.yaml``, ``OUT/<split>.txt`` and
+``OUT/<split>/{camera.json,rgb,right,semantic,depth}``. Frame ``i`` belongs to sequence
+``i // K`` (K = the preset's ``camera.frames_per_sequence``), whose street is drawn from the
+seed ``(S, split, i // K)``: splits never share a street, like the paper's split by sequence.
+Re-running skips frames whose files all exist (every file is written atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+SPLIT_CODE = {name: i for i, name in enumerate(SPLITS)}
+MAX_SIZE = 4096
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``simulate`` subcommand."""
+    p = subparsers.add_parser(
+        "simulate",
+        help="render a simulated street domain (RGB, depth, semantics, optional stereo)",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("--domain", required=True,
+                   help="preset name (config/domains/NAME.yaml) or path to a preset YAML")
+    p.add_argument("--frames", type=int, required=True, help="number of frames in the split")
+    p.add_argument("--size", type=parse_size, default=(192, 384), metavar="HxW",
+                   help="image size, e.g. 192x384 (default)")
+    p.add_argument("--split", choices=SPLITS, default="train")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    p.add_argument("--stereo", action="store_true",
+                   help="also render the right image of a rectified stereo pair")
+    p.add_argument("--out", type=Path, required=True, help="dataset directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"HxW"`` -> (H, W)."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"size {text!r}: expected HxW, e.g. 192x384")
+    h, w = int(m.group(1)), int(m.group(2))
+    if not (8 <= h <= MAX_SIZE and 8 <= w <= MAX_SIZE):
+        raise argparse.ArgumentTypeError(f"size {text!r}: H and W must be within 8..{MAX_SIZE}")
+    return h, w
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``atdt_train simulate``."""
+    from atdt_train.sim.domain import DomainError  # noqa: PLC0415
+
+    if args.frames < 1:
+        log.error("--frames must be >= 1, got %d", args.frames)
+        return 2
+    try:
+        simulate(args.domain, args.frames, args.size, args.split, args.seed, args.stereo,
+                 args.out, progress=not args.no_progress)
+    except (DomainError, DatasetMismatch) as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+class DatasetMismatch(ValueError):
+    """The output directory already holds a dataset made with other settings."""
+
+
+def frame_name(index: int) -> str:
+    """File stem of frame ``index``."""
+    return f"{index:06d}"
+
+
+def sequence_rng(seed: int, split: str, sequence: int, *extra: int) -> np.random.Generator:
+    """The random stream of one sequence (or of a frame within it, with ``extra``)."""
+    return np.random.default_rng([seed, SPLIT_CODE[split], sequence, *extra])
+
+
+def simulate(domain: str, frames: int, size: tuple[int, int], split: str, seed: int,
+             stereo: bool, out: Path, progress: bool = True) -> Path:
+    """Render (or complete) one split of a simulated dataset; returns the filelist path."""
+    import cv2  # noqa: PLC0415
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from atdt_train.sim.domain import load_domain  # noqa: PLC0415
+    from atdt_train.sim.render import DEPTH_SCALE, StreetRenderer, apply_lens  # noqa: PLC0415
+    from atdt_train.sim.scene import build_sequence, intrinsics  # noqa: PLC0415
+
+    if split not in SPLIT_CODE:
+        raise DatasetMismatch(f"split {split!r}: expected one of {SPLITS}")
+    preset = load_domain(domain)
+    height, width = size
+    out = Path(out)
+    split_dir = out / split
+    for sub in ("rgb", "semantic", "depth") + (("right",) if stereo else ()):
+        (split_dir / sub).mkdir(parents=True, exist_ok=True)
+    camera = dict(intrinsics(preset.camera.hfov_deg, width, height), width=width,
+                  height=height, baseline=preset.camera.baseline_m)
+    _record_dataset(out, preset, split, seed, size, frames, stereo, camera)
+    _write_atomic(split_dir / "camera.json", (json.dumps(camera, indent=2) + "\n").encode())
+
+    def paths(i: int) -> dict[str, Path]:
+        stem = frame_name(i) + ".png"
+        p = {k: split_dir / k / stem for k in ("rgb", "semantic", "depth")}
+        if stereo:
+            p["right"] = split_dir / "right" / stem
+        return p
+
+    def complete(i: int) -> bool:
+        return all(f.is_file() and f.stat().st_size > 0 for f in paths(i).values())
+
+    k = preset.camera.frames_per_sequence
+    todo = [i for i in range(frames) if not complete(i)]
+    if len(todo) < frames:
+        log.info("%s/%s: %d of %d frames already present", out, split, frames - len(todo), frames)
+    renderer = None
+    bar = tqdm(total=len(todo), desc=f"simulate {preset.name}/{split}", unit="frame",
+               disable=not progress)
+    try:
+        by_seq: dict[int, list[int]] = {}
+        for i in todo:
+            by_seq.setdefault(i // k, []).append(i)
+        for seq, indices in by_seq.items():
+            if renderer is None:
+                renderer = StreetRenderer(width, height)
+            scene, poses = build_sequence(preset, sequence_rng(seed, split, seq), width,
+                                          height, k)
+            renderer.load(scene)
+            for i in indices:
+                pose = poses[i % k]
+                semantic, depth = renderer.render_labels(pose)
+                rng = sequence_rng(seed, split, seq, i % k)
+                exposure = float(rng.uniform(*preset.lens.exposure))
+                rgb = apply_lens(renderer.render_rgb(pose), depth, preset, rng, exposure)
+                p = paths(i)
+                files = {
+                    "semantic": _png(cv2, semantic),
+                    "depth": _png(cv2, np.round(depth * DEPTH_SCALE).astype(np.uint16)),
+                    "rgb": _png(cv2, rgb[..., ::-1]),
+                }
+                if stereo:
+                    right = renderer.render_rgb(pose.shifted_right(preset.camera.baseline_m))
+                    # the left depth stands in for haze: the baseline shift is negligible there
+                    files["right"] = _png(cv2, apply_lens(right, depth, preset, rng,
+                                                          exposure)[..., ::-1])
+                for key, data in files.items():
+                    _write_atomic(p[key], data)
+                bar.update(1)
+    finally:
+        bar.close()
+        if renderer is not None:
+            renderer.close()
+    lines = []
+    for i in range(frames):
+        stem = frame_name(i) + ".png"
+        right = f"{split}/right/{stem}" if stereo else ""
+        lines.append(f"{split}/rgb/{stem};{right};{split}/semantic/{stem};{split}/depth/{stem}")
+    filelist = out / f"{split}.txt"
+    _write_atomic(filelist, ("\n".join(lines) + "\n").encode())
+    log.info("wrote %s (%d frames)", filelist, frames)
+    return filelist
+
+
+def _png(cv2: Any, img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory."""
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _record_dataset(out: Path, preset: Any, split: str, seed: int, size: tuple[int, int],
+                    frames: int, stereo: bool, camera: dict[str, Any]) -> None:
+    """Create or update ``OUT/dataset.yaml``; refuse to mix domains, seeds or sizes."""
+    import yaml  # noqa: PLC0415
+
+    path = out / "dataset.yaml"
+    meta: dict[str, Any] = {}
+    if path.is_file():
+        meta = yaml.safe_load(path.read_text()) or {}
+        if meta.get("kind") != "sim":
+            raise DatasetMismatch(f"{path}: kind is {meta.get('kind')!r}, not 'sim'")
+        if meta.get("domain") != preset.name or meta.get("preset") != preset.to_dict():
+            raise DatasetMismatch(
+                f"{path}: holds domain {meta.get('domain')!r} with a different preset; "
+                f"write domain {preset.name!r} to another --out directory"
+            )
+        old = (meta.get("splits") or {}).get(split)
+        if old and (old.get("seed") != seed or old.get("size") != [size[0], size[1]]):
+            raise DatasetMismatch(
+                f"{path}: split {split!r} was made with seed {old.get('seed')} and size "
+                f"{old.get('size')}; got seed {seed} and size {list(size)} "
+                "(use another --out directory or delete the split)"
+            )
+    meta.update(kind="sim", domain=preset.name, preset=preset.to_dict())
+    splits = dict(meta.get("splits") or {})
+    splits[split] = {"frames": frames, "seed": seed, "size": [size[0], size[1]],
+                     "stereo": bool(stereo or (splits.get(split) or {}).get("stereo", False)),
+                     "camera": camera,
+                     "frames_per_sequence": preset.camera.frames_per_sequence}
+    meta["splits"] = splits
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, yaml.safe_dump(meta, sort_keys=False).encode())

@@ -1,0 +1,186 @@
+"""Headless MuJoCo rendering of street scenes: RGB, exact depth, AT/DT class labels.
+
+One offscreen EGL context serves all sequences; per sequence the model is compiled once and
+the camera moves along the street. Depth and labels come from the segmentation pass (no
+anti-aliasing, no lighting), so both are exact per pixel; the background is the sky.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from atdt_ros.classmap import CLASS_NAMES, UNLABELED
+from atdt_train.sim.domain import DomainPreset
+from atdt_train.sim.scene import CameraPose, SceneModel
+
+SKY = CLASS_NAMES.index("sky")
+DEPTH_SCALE = 256.0
+"""Depth PNGs store metres * 256 (KITTI convention) as uint16."""
+MAX_DEPTH_M = 255.99
+"""Depth is clipped here so that it fits the uint16 encoding."""
+
+
+@dataclass
+class Frame:
+    """One rendered view: RGB uint8 (H,W,3), class ids uint8 (H,W), depth float32 metres (H,W),
+    0 where invalid (sky)."""
+
+    rgb: np.ndarray
+    semantic: np.ndarray
+    depth: np.ndarray
+
+
+def _import_mujoco():
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if os.environ["MUJOCO_GL"] == "egl":
+        os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+    import mujoco  # noqa: PLC0415 - heavy, and MUJOCO_GL must be set first
+
+    return mujoco
+
+
+class StreetRenderer:
+    """Offscreen renderer of ``SceneModel``s at a fixed image size."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.mj = _import_mujoco()
+        self.width, self.height = width, height
+        self._gl = self.mj.GLContext(width, height)
+        self._gl.make_current()
+        self._con = None
+        self.model = None
+        self._rect = self.mj.MjrRect(0, 0, width, height)
+        self._rgb = np.empty((height, width, 3), dtype=np.uint8)
+        self._ids = np.empty((height, width, 3), dtype=np.uint8)
+        self._zbuf = np.empty((height, width), dtype=np.float32)
+
+    def load(self, scene: SceneModel) -> None:
+        """Compile a scene and upload it to the GL context (once per sequence)."""
+        mj = self.mj
+        model = mj.MjModel.from_xml_string(scene.xml, scene.assets)
+        if model.ngeom != len(scene.geom_class):
+            raise RuntimeError(f"scene has {model.ngeom} geoms but {len(scene.geom_class)} classes")
+        if model.vis.global_.offwidth < self.width or model.vis.global_.offheight < self.height:
+            raise ValueError("scene offscreen buffer is smaller than the renderer's image size")
+        self._gl.make_current()
+        if self._con is not None:
+            self._con.free()
+        self.model = model
+        self.data = mj.MjData(model)
+        mj.mj_kinematics(model, self.data)
+        self._con = mj.MjrContext(model, mj.mjtFontScale.mjFONTSCALE_50.value)
+        mj.mjr_setBuffer(mj.mjtFramebuffer.mjFB_OFFSCREEN.value, self._con)
+        self._con.readDepthMap = mj.mjtDepthMap.mjDEPTH_ZEROFAR
+        self._scn = mj.MjvScene(model, maxgeom=model.ngeom + 64)
+        self._scn.flags[mj.mjtRndFlag.mjRND_SHADOW] = bool(scene.shadows)
+        self._scn.flags[mj.mjtRndFlag.mjRND_REFLECTION] = False
+        self._scn.flags[mj.mjtRndFlag.mjRND_SKYBOX] = True
+        self._opt = mj.MjvOption()
+        self._cam = mj.MjvCamera()
+        self._cam.type = mj.mjtCamera.mjCAMERA_FIXED
+        self._cam.fixedcamid = 0
+        self._geom_class = scene.geom_class
+        self._lut = None
+        extent = model.stat.extent
+        self._near = float(np.float32(model.vis.map.znear * extent))
+        self._far = float(np.float32(model.vis.map.zfar * extent))
+
+    def _update(self, pose: CameraPose) -> None:
+        mj = self.mj
+        self.data.cam_xpos[0] = pose.pos
+        self.data.cam_xmat[0] = pose.xmat.reshape(-1)
+        mj.mjv_updateScene(self.model, self.data, self._opt, None, self._cam,
+                           mj.mjtCatBit.mjCAT_ALL.value, self._scn)
+
+    def render_rgb(self, pose: CameraPose) -> np.ndarray:
+        """The shaded colour image seen from ``pose`` (H, W, 3) uint8."""
+        mj = self.mj
+        self._gl.make_current()
+        self._update(pose)
+        mj.mjr_render(self._rect, self._scn, self._con)
+        mj.mjr_readPixels(self._rgb, None, self._rect, self._con)
+        return np.flipud(self._rgb).copy()
+
+    def render_labels(self, pose: CameraPose) -> tuple[np.ndarray, np.ndarray]:
+        """Class ids (H, W) uint8 and z-depth (H, W) float32 metres (0 on sky) from ``pose``."""
+        mj = self.mj
+        self._gl.make_current()
+        self._update(pose)
+        flags = self._scn.flags
+        flags[mj.mjtRndFlag.mjRND_SEGMENT] = True
+        flags[mj.mjtRndFlag.mjRND_IDCOLOR] = True
+        try:
+            mj.mjr_render(self._rect, self._scn, self._con)
+            mj.mjr_readPixels(self._ids, self._zbuf, self._rect, self._con)
+        finally:
+            flags[mj.mjtRndFlag.mjRND_SEGMENT] = False
+            flags[mj.mjtRndFlag.mjRND_IDCOLOR] = False
+        ids = np.flipud(self._ids).astype(np.int32)
+        seg = ids[..., 0] | (ids[..., 1] << 8) | (ids[..., 2] << 16)
+        lut = self._segid_lut()
+        semantic = lut[np.minimum(seg, len(lut) - 1)]
+        # undo the reversed-Z perspective projection (as mujoco.Renderer does)
+        zfar, znear = self._far, self._near
+        c = -(zfar + znear) / (zfar - znear)
+        d = -(2.0 * zfar * znear) / (zfar - znear)
+        c, d = -0.5 * c - 0.5, -0.5 * d
+        z = d / (np.flipud(self._zbuf).astype(np.float64) + c)
+        depth = np.minimum(z, MAX_DEPTH_M).astype(np.float32)
+        depth[(semantic == SKY) | (semantic == UNLABELED)] = 0.0
+        return semantic, depth
+
+    def _segid_lut(self) -> np.ndarray:
+        """Segmentation colour (segid + 1) -> class id; 0 (background) -> sky.
+
+        The scene's geoms are static and added in model order, so the table is built once per
+        model and then reused for every camera pose.
+        """
+        if self._lut is None or len(self._lut) != self._scn.ngeom + 2:
+            mj = self.mj
+            lut = np.full(self._scn.ngeom + 2, UNLABELED, dtype=np.uint8)
+            lut[0] = SKY
+            geom_type = int(mj.mjtObj.mjOBJ_GEOM)
+            for g in self._scn.geoms[: self._scn.ngeom]:
+                if g.segid >= 0 and g.objtype == geom_type and 0 <= g.objid < len(self._geom_class):
+                    lut[g.segid + 1] = self._geom_class[g.objid]
+            self._lut = lut
+        return self._lut
+
+    def close(self) -> None:
+        """Free the GL resources."""
+        if self._con is not None:
+            self._gl.make_current()
+            self._con.free()
+            self._con = None
+        if self._gl is not None:
+            self._gl.free()
+            self._gl = None
+
+
+def apply_lens(rgb: np.ndarray, depth: np.ndarray, preset: DomainPreset,
+               rng: np.random.Generator, exposure: float = 1.0) -> np.ndarray:
+    """Haze by distance, then the camera: exposure, colour cast, gamma, vignette, blur, noise."""
+    import cv2  # noqa: PLC0415
+
+    look, lens = preset.look, preset.lens
+    img = rgb.astype(np.float32) * (1.0 / 255.0)
+    if look.haze_per_km > 0.0:
+        dist = np.where(depth > 0.0, depth, 1000.0)
+        t = np.exp(-look.haze_per_km * 1e-3 * dist)[..., None]
+        img = img * t + np.asarray(look.haze_rgb, dtype=np.float32) * (1.0 - t)
+    img *= np.asarray(lens.color_cast, dtype=np.float32) * exposure
+    if lens.gamma != 1.0:
+        img = np.power(np.clip(img, 0.0, 1.0), 1.0 / lens.gamma)
+    if lens.vignette > 0.0:
+        h, w = depth.shape
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        r2 = ((xx - (w - 1) / 2.0) / (w / 2.0)) ** 2 + ((yy - (h - 1) / 2.0) / (w / 2.0)) ** 2
+        img *= (1.0 - lens.vignette * np.clip(r2, 0.0, 2.0) / 2.0)[..., None]
+    if lens.blur_sigma_px > 0.0:
+        img = cv2.GaussianBlur(img, (0, 0), lens.blur_sigma_px)
+    if lens.noise_std > 0.0:
+        img += rng.normal(0.0, lens.noise_std / 255.0, img.shape).astype(np.float32)
+    return np.clip(img * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
