@@ -337,11 +337,9 @@ class SynthiaDecoder(Decoder):
     kind = "synthia"
     FAR_PLANE_M = 5000.0
     DEFAULT_FX = 847.630211643
-    DEFAULT_BASELINE = 0.8
 
     def __init__(self, fx: float | None = None, baseline: float | None = None) -> None:
-        super().__init__(self.DEFAULT_FX if fx is None else fx,
-                         self.DEFAULT_BASELINE if baseline is None else baseline)
+        super().__init__(self.DEFAULT_FX if fx is None else fx, baseline)
 
     def semantic(self, path: Path) -> np.ndarray:
         ids = _channel(read_image(path, "semantic"), path, "semantic", 2)
