@@ -30,12 +30,19 @@ IMAGE_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 log = logging.getLogger(__name__)
 
 
+_NORMALIZE_LUT = (
+    (np.arange(256, dtype=np.float64)[None, :] / 255.0 - np.asarray(IMAGE_MEAN)[:, None])
+    / np.asarray(IMAGE_STD)[:, None]
+).astype(np.float32)
+"""(3, 256): uint8 value of each RGB channel -> its normalised float32."""
+
+
 def normalize_image(rgb: np.ndarray) -> np.ndarray:
     """uint8 RGB (H, W, 3) -> float32 (3, H, W) normalised with IMAGE_MEAN / IMAGE_STD."""
-    scale = np.float32(1.0 / 255.0) / np.asarray(IMAGE_STD, dtype=np.float32)
-    shift = np.asarray(IMAGE_MEAN, dtype=np.float32) / np.asarray(IMAGE_STD, dtype=np.float32)
-    out = rgb.astype(np.float32) * scale - shift
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    out = np.empty((3, *rgb.shape[:2]), dtype=np.float32)
+    for channel in range(3):
+        np.take(_NORMALIZE_LUT[channel], rgb[:, :, channel], out=out[channel])
+    return out
 
 
 def _pair(value: Sequence[int] | None, name: str) -> tuple[int, int] | None:
