@@ -17,15 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from atdt_ros.artifact import IMAGE_MEAN, IMAGE_STD  # the one definition, shared with the exported chain
 from atdt_ros.classmap import UNLABELED
 
 from .decoders import Decoder, get_decoder
 from .filelist import DatasetError, Frame, read_filelist, read_list_kind
-
-IMAGE_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-"""ImageNet mean of RGB in [0, 1], subtracted from every input image (RGB order)."""
-IMAGE_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-"""ImageNet standard deviation of RGB in [0, 1], dividing every input image (RGB order)."""
 
 log = logging.getLogger(__name__)
 
