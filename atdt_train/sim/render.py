@@ -7,6 +7,7 @@ anti-aliasing, no lighting), so both are exact per pixel; the background is the 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -21,6 +22,9 @@ DEPTH_SCALE = 256.0
 """Depth PNGs store metres * 256 (KITTI convention) as uint16."""
 MAX_DEPTH_M = 255.99
 """Depth is clipped here so that it fits the uint16 encoding."""
+MIN_GEOM_PX = 0.35
+"""Geoms whose bounding sphere projects smaller than this (pixels) are not drawn."""
+VISIBLE_GROUP, HIDDEN_GROUP = 0, 5
 
 
 @dataclass
@@ -51,6 +55,7 @@ class StreetRenderer:
         self._gl = self.mj.GLContext(width, height)
         self._gl.make_current()
         self._con = None
+        self._context_key: str | None = None
         self.model = None
         self._rect = self.mj.MjrRect(0, 0, width, height)
         self._rgb = np.empty((height, width, 3), dtype=np.uint8)
@@ -58,38 +63,72 @@ class StreetRenderer:
         self._zbuf = np.empty((height, width), dtype=np.float32)
 
     def load(self, scene: SceneModel) -> None:
-        """Compile a scene and upload it to the GL context (once per sequence)."""
+        """Compile a scene and make it current (once per sequence).
+
+        The GL-side context (textures, materials, builtin shapes) depends only on the scene's
+        assets and visual settings, so it is reused while ``scene.context_key`` stays the same.
+        """
         mj = self.mj
         model = mj.MjModel.from_xml_string(scene.xml, scene.assets)
         if model.ngeom != len(scene.geom_class):
             raise RuntimeError(f"scene has {model.ngeom} geoms but {len(scene.geom_class)} classes")
         if model.vis.global_.offwidth < self.width or model.vis.global_.offheight < self.height:
             raise ValueError("scene offscreen buffer is smaller than the renderer's image size")
+        if model.nmesh or model.nhfield or np.any(model.geom_type == mj.mjtGeom.mjGEOM_PLANE):
+            raise ValueError("street scenes hold builtin geoms only (no planes, meshes, hfields)")
         self._gl.make_current()
-        if self._con is not None:
-            self._con.free()
+        if self._con is None or scene.context_key != self._context_key:
+            if self._con is not None:
+                self._con.free()
+            self._con = mj.MjrContext(model, mj.mjtFontScale.mjFONTSCALE_50.value)
+            mj.mjr_setBuffer(mj.mjtFramebuffer.mjFB_OFFSCREEN.value, self._con)
+            self._con.readDepthMap = mj.mjtDepthMap.mjDEPTH_ZEROFAR
+            self._context_key = scene.context_key
         self.model = model
         self.data = mj.MjData(model)
         mj.mj_kinematics(model, self.data)
-        self._con = mj.MjrContext(model, mj.mjtFontScale.mjFONTSCALE_50.value)
-        mj.mjr_setBuffer(mj.mjtFramebuffer.mjFB_OFFSCREEN.value, self._con)
-        self._con.readDepthMap = mj.mjtDepthMap.mjDEPTH_ZEROFAR
         self._scn = mj.MjvScene(model, maxgeom=model.ngeom + 64)
         self._scn.flags[mj.mjtRndFlag.mjRND_SHADOW] = bool(scene.shadows)
         self._scn.flags[mj.mjtRndFlag.mjRND_REFLECTION] = False
         self._scn.flags[mj.mjtRndFlag.mjRND_SKYBOX] = True
         self._opt = mj.MjvOption()
+        self._opt.geomgroup[:] = 0
+        self._opt.geomgroup[VISIBLE_GROUP] = 1
         self._cam = mj.MjvCamera()
         self._cam.type = mj.mjtCamera.mjCAMERA_FIXED
         self._cam.fixedcamid = 0
         self._geom_class = scene.geom_class
-        self._lut = None
+        self._geom_pos = self.data.geom_xpos.copy()
+        self._geom_rbound = model.geom_rbound.copy()
         extent = model.stat.extent
         self._near = float(np.float32(model.vis.map.znear * extent))
         self._far = float(np.float32(model.vis.map.zfar * extent))
+        fovy = math.radians(float(model.cam_fovy[0]))
+        self._tan_y = math.tan(fovy / 2.0)
+        self._tan_x = self._tan_y * self.width / self.height
+        self._fy = (self.height / 2.0) / self._tan_y
+        self._visible = np.ones(model.ngeom, dtype=bool)
+
+    def _cull(self, pose: CameraPose) -> None:
+        """Show only geoms inside the view frustum and larger than ``MIN_GEOM_PX`` on screen.
+
+        MuJoCo draws every geom; on a software rasteriser the cost grows with the geoms drawn,
+        and a street holds many behind the camera or too far to cover a pixel. Hidden geoms
+        vanish from RGB, labels and depth alike, so the three stay consistent.
+        """
+        rel = (self._geom_pos - pose.pos) @ pose.xmat  # camera frame: x right, y up, z back
+        x, y, f = rel[:, 0], rel[:, 1], -rel[:, 2]
+        rb = self._geom_rbound
+        cx, sx = math.cos(math.atan(self._tan_x)), math.sin(math.atan(self._tan_x))
+        cy, sy = math.cos(math.atan(self._tan_y)), math.sin(math.atan(self._tan_y))
+        visible = (f > -rb) & (f * sx - np.abs(x) * cx > -rb) & (f * sy - np.abs(y) * cy > -rb)
+        visible &= (f <= rb) | (rb * self._fy > MIN_GEOM_PX * f)
+        self._visible = visible
+        self.model.geom_group[:] = np.where(visible, VISIBLE_GROUP, HIDDEN_GROUP)
 
     def _update(self, pose: CameraPose) -> None:
         mj = self.mj
+        self._cull(pose)
         self.data.cam_xpos[0] = pose.pos
         self.data.cam_xmat[0] = pose.xmat.reshape(-1)
         mj.mjv_updateScene(self.model, self.data, self._opt, None, self._cam,
@@ -135,19 +174,21 @@ class StreetRenderer:
     def _segid_lut(self) -> np.ndarray:
         """Segmentation colour (segid + 1) -> class id; 0 (background) -> sky.
 
-        The scene's geoms are static and added in model order, so the table is built once per
-        model and then reused for every camera pose.
+        The scene lists the shown geoms in model order, so segid j is the j-th visible geom;
+        should MuJoCo ever add other geoms, the table is read from the scene instead.
         """
-        if self._lut is None or len(self._lut) != self._scn.ngeom + 2:
-            mj = self.mj
-            lut = np.full(self._scn.ngeom + 2, UNLABELED, dtype=np.uint8)
-            lut[0] = SKY
-            geom_type = int(mj.mjtObj.mjOBJ_GEOM)
-            for g in self._scn.geoms[: self._scn.ngeom]:
-                if g.segid >= 0 and g.objtype == geom_type and 0 <= g.objid < len(self._geom_class):
-                    lut[g.segid + 1] = self._geom_class[g.objid]
-            self._lut = lut
-        return self._lut
+        ngeom = self._scn.ngeom
+        lut = np.full(ngeom + 2, UNLABELED, dtype=np.uint8)
+        lut[0] = SKY
+        shown = np.flatnonzero(self._visible)
+        if len(shown) == ngeom:
+            lut[1:ngeom + 1] = self._geom_class[shown]
+            return lut
+        geom_type = int(self.mj.mjtObj.mjOBJ_GEOM)  # pragma: no cover - defensive path
+        for g in self._scn.geoms[:ngeom]:
+            if g.segid >= 0 and g.objtype == geom_type and 0 <= g.objid < len(self._geom_class):
+                lut[g.segid + 1] = self._geom_class[g.objid]
+        return lut
 
     def close(self) -> None:
         """Free the GL resources."""
@@ -160,27 +201,41 @@ class StreetRenderer:
             self._gl = None
 
 
+_VIGNETTE_CACHE: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _radius2(h: int, w: int) -> np.ndarray:
+    """Squared distance from the image centre, in half-widths (cached per size)."""
+    if (h, w) not in _VIGNETTE_CACHE:
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        r2 = ((xx - (w - 1) / 2.0) / (w / 2.0)) ** 2 + ((yy - (h - 1) / 2.0) / (w / 2.0)) ** 2
+        _VIGNETTE_CACHE[(h, w)] = np.clip(r2, 0.0, 2.0)[..., None]
+    return _VIGNETTE_CACHE[(h, w)]
+
+
 def apply_lens(rgb: np.ndarray, depth: np.ndarray, preset: DomainPreset,
                rng: np.random.Generator, exposure: float = 1.0) -> np.ndarray:
     """Haze by distance, then the camera: exposure, colour cast, gamma, vignette, blur, noise."""
     import cv2  # noqa: PLC0415
 
     look, lens = preset.look, preset.lens
-    img = rgb.astype(np.float32) * (1.0 / 255.0)
+    img = rgb.astype(np.float32) * np.float32(1.0 / 255.0)
     if look.haze_per_km > 0.0:
-        dist = np.where(depth > 0.0, depth, 1000.0)
-        t = np.exp(-look.haze_per_km * 1e-3 * dist)[..., None]
-        img = img * t + np.asarray(look.haze_rgb, dtype=np.float32) * (1.0 - t)
-    img *= np.asarray(lens.color_cast, dtype=np.float32) * exposure
-    if lens.gamma != 1.0:
-        img = np.power(np.clip(img, 0.0, 1.0), 1.0 / lens.gamma)
+        dist = np.where(depth > 0.0, depth, np.float32(1000.0))
+        t = np.exp(np.float32(-look.haze_per_km * 1e-3) * dist)[..., None]
+        img = (img - np.asarray(look.haze_rgb, dtype=np.float32)) * t + np.asarray(
+            look.haze_rgb, dtype=np.float32)
+    gain = np.asarray(lens.color_cast, dtype=np.float32) * np.float32(exposure)
     if lens.vignette > 0.0:
         h, w = depth.shape
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        r2 = ((xx - (w - 1) / 2.0) / (w / 2.0)) ** 2 + ((yy - (h - 1) / 2.0) / (w / 2.0)) ** 2
-        img *= (1.0 - lens.vignette * np.clip(r2, 0.0, 2.0) / 2.0)[..., None]
+        img *= (1.0 - np.float32(lens.vignette / 2.0) * _radius2(h, w)) * gain
+    else:
+        img *= gain
+    if lens.gamma != 1.0:
+        img = cv2.pow(np.clip(img, 0.0, 1.0), 1.0 / lens.gamma)
     if lens.blur_sigma_px > 0.0:
         img = cv2.GaussianBlur(img, (0, 0), lens.blur_sigma_px)
+    img *= np.float32(255.0)
     if lens.noise_std > 0.0:
-        img += rng.normal(0.0, lens.noise_std / 255.0, img.shape).astype(np.float32)
-    return np.clip(img * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
+        img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(lens.noise_std)
+    return np.clip(img + np.float32(0.5), 0.0, 255.0).astype(np.uint8)

@@ -10,6 +10,7 @@ The camera drives along its lane; the frames of one sequence share one compiled 
 from __future__ import annotations
 
 import colorsys
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -47,6 +48,8 @@ class SceneModel:
     geom_class: np.ndarray
     znear: float
     shadows: bool = False
+    context_key: str = ""
+    """Equal keys mean equal assets and visual settings: a GL context can be shared."""
 
 
 def camera_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
@@ -228,7 +231,7 @@ def _mjcf(preset: DomainPreset, writer: MjcfWriter, width: int, height: int) -> 
   <statistic extent="100" center="0 0 0"/>
   <visual>
     <global offwidth="{width}" offheight="{height}" fovy="{fovy_deg(cam.hfov_deg, width, height):.6f}"/>
-    <quality shadowsize="{2048 if look.shadows else 0}" offsamples="0" numslices="12" numstacks="6" numquads="1"/>
+    <quality shadowsize="{2048 if look.shadows else 0}" offsamples="0" numslices="10" numstacks="4" numquads="1"/>
     <map znear="{cam.znear_m / 100.0:.6g}" zfar="{FAR_M / 100.0:.6g}" shadowclip="60" shadowscale="0.8"/>
     <headlight ambient="{a} {a} {a}" diffuse="0.12 0.12 0.12" specular="0 0 0"/>
     <rgba haze="{_fmt(look.sky_horizon_rgb)} 1"/>
@@ -307,10 +310,18 @@ def build_sequence(preset: DomainPreset, rng: np.random.Generator, width: int, h
                               math.radians(_u(rng, cam.pitch_deg)),
                               math.radians(_u(rng, cam.roll_deg)))
         poses.append(CameraPose(np.array([x, cam_y, h]), rot))
-    scene = SceneModel(xml=_mjcf(preset, w, width, height), assets=domain_textures(preset),
-                       geom_class=np.array(w.classes, dtype=np.uint8), znear=cam.znear_m,
-                       shadows=preset.look.shadows)
-    return scene, poses
+    return compose_scene(preset, w, width, height), poses
+
+
+def compose_scene(preset: DomainPreset, writer: MjcfWriter, width: int,
+                  height: int) -> SceneModel:
+    """The compilable scene of the geoms in ``writer``, lit and textured as the domain says."""
+    xml = _mjcf(preset, writer, width, height)
+    head = xml[: xml.index("<worldbody>")]
+    return SceneModel(xml=xml, assets=domain_textures(preset),
+                      geom_class=np.array(writer.classes, dtype=np.uint8),
+                      znear=preset.camera.znear_m, shadows=preset.look.shadows,
+                      context_key=hashlib.sha1(head.encode()).hexdigest())
 
 
 def _edges(lay: _Layout, side: int) -> tuple[float, float]:
@@ -488,12 +499,10 @@ def _car(w: MjcfWriter, rng: np.random.Generator, preset: DomainPreset, x: float
         w.add("vehicle", "box", (kx, ky, 0.32 + body_h + 0.25),
               (cab / 2.0, width / 2.0 - 0.08, 0.25), rgba=(0.12, 0.14, 0.18, 1),
               material="paint", yaw=yaw)
-    for fx in (-0.32, 0.32):
-        for fy in (-1, 1):
-            wx, wy = at(fx * length, fy * (width / 2.0 - 0.05))
-            w.add("vehicle", "cylinder", (wx, wy, 0.32), (0.32, 0.11),
-                  zaxis=(-s, c, 0.0), rgba=(0.05, 0.05, 0.05, 1),
-                  material="matte")
+    for fx in (-0.32, 0.32):  # one cylinder per axle, its middle hidden in the body
+        wx, wy = at(fx * length, 0.0)
+        w.add("vehicle", "cylinder", (wx, wy, 0.32), (0.32, width / 2.0 - 0.02),
+              zaxis=(-s, c, 0.0), rgba=(0.05, 0.05, 0.05, 1), material="matte")
 
 
 def _vehicles(w: MjcfWriter, rng: np.random.Generator, lay: _Layout,
@@ -541,16 +550,13 @@ def _person(w: MjcfWriter, rng: np.random.Generator, preset: DomainPreset, x: fl
     skin = (0.85, 0.65, 0.5, 1) if rng.random() < 0.6 else (0.45, 0.3, 0.2, 1)
     leg = 0.47 * h
     for d in (-0.1, 0.1):
-        w.add("person", "capsule", (x - s * d, y + c * d, z0 + leg / 2.0), (0.07, leg / 2.0 - 0.07),
-              rgba=legs, material="matte")
+        w.add("person", "box", (x - s * d, y + c * d, z0 + leg / 2.0), (0.07, 0.07, leg / 2.0),
+              rgba=legs, material="matte", yaw=yaw)
     torso = 0.33 * h
-    w.add("person", "box", (x, y, z0 + leg + torso / 2.0), (0.12, 0.2, torso / 2.0),
+    w.add("person", "box", (x, y, z0 + leg + torso / 2.0), (0.12, 0.25, torso / 2.0),
           rgba=top, material="matte", yaw=yaw)
-    for d in (-0.26, 0.26):
-        w.add("person", "capsule", (x - s * d, y + c * d, z0 + leg + torso * 0.55),
-              (0.05, torso * 0.4), rgba=top, material="matte")
-    w.add("person", "sphere", (x, y, z0 + leg + torso + 0.11 * h * 0.8), (0.11,),
-          rgba=skin, material="matte")
+    w.add("person", "ellipsoid", (x, y, z0 + leg + torso + 0.1), (0.09, 0.08, 0.11),
+          rgba=skin, material="matte", yaw=yaw)
 
 
 def _pedestrians(w: MjcfWriter, rng: np.random.Generator, lay: _Layout,
