@@ -36,7 +36,8 @@ def _check_classes(classes: Sequence[SemanticClass], unlabeled: int) -> None:
             raise ValueError(f"class {c.name!r} repeats id {c.id}; class ids must be unique")
         seen.add(c.id)
         if len(c.color) != 3 or any(not 0 <= v <= 255 for v in c.color):
-            raise ValueError(f"class {c.name!r} has colour {c.color}; accepted: (r, g, b) in 0..255")
+            raise ValueError(f"class {c.name!r} has colour {c.color}; "
+                             "accepted: (r, g, b) in 0..255")
 
 
 def classmap_message(frame_id: str = "", stamp: Any | None = None,

@@ -91,7 +91,8 @@ def test_message_round_trips_through_cdr_serialization() -> None:
 
 
 @pytest.mark.parametrize("classes, unlabeled, match", [
-    ((SemanticClass(0, "road", (1, 2, 3)), SemanticClass(0, "wall", (1, 2, 3))), 255, "repeats id 0"),
+    ((SemanticClass(0, "road", (1, 2, 3)), SemanticClass(0, "wall", (1, 2, 3))), 255,
+     "repeats id 0"),
     ((SemanticClass(255, "road", (1, 2, 3)),), 255, "has id 255"),
     ((SemanticClass(3, "road", (1, 2, 300)),), 255, r"colour \(1, 2, 300\)"),
     ((SemanticClass(0, "road", (1, 2, 3)),), 256, "unlabeled id 256"),
