@@ -1,0 +1,310 @@
+"""Experiment configuration: the YAML schema of ``config/experiments/*.yaml`` as dataclasses.
+
+Unknown keys and wrong types are errors naming the key (``model.depth: expected int, got str``).
+Relative paths (filelists, ``out_dir``, ``model.init``) are taken relative to the working
+directory, the repository root in the shipped experiments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+DIRECTIONS: dict[str, tuple[str, str]] = {"dep2sem": ("depth", "semantic"), "sem2dep": ("semantic", "depth")}
+"""direction -> (task 1, task 2): AT/DT transfers task-1 features to task 2."""
+PRECISIONS: tuple[str, ...] = ("32", "bf16-mixed", "16-mixed")
+DATASET_KINDS: tuple[str, ...] = ("sim", "carla", "cityscapes", "kitti", "synthia")
+
+
+class ConfigError(ValueError):
+    """An experiment file that does not follow the schema; the message names the key."""
+
+
+@dataclass
+class Domain:
+    """One domain: filelists of its splits and how to decode them."""
+
+    train: str
+    test: str
+    val: str | None = None
+    kind: Literal["sim", "carla", "cityscapes", "kitti", "synthia"] | None = None
+    name: str | None = None
+
+
+@dataclass
+class Domains:
+    """Domain A (both tasks labelled) and domain B (task-1 labels only, except for the Oracle)."""
+
+    A: Domain
+    B: Domain
+
+
+@dataclass
+class Model:
+    """Task networks: dilated ResNet backbone, E/D split, normalisation (Sec. 6.1, 6.3)."""
+
+    depth: Literal[18, 34, 50] = 18
+    feature_level: Literal[1, 2, 3, 4] = 4
+    norm: Literal["batch", "group", "none"] = "batch"
+    init: str | None = None  # torchvision ImageNet checkpoint for the encoders
+    transfer_hidden: int | None = None  # G's width (default: min(channels, 512))
+
+
+@dataclass
+class Data:
+    """Input size (frames are resized to it), batch size and loader settings."""
+
+    height: int = 128
+    width: int = 256
+    batch_size: int = 8
+    num_workers: int = 2
+    flip: bool = True  # random horizontal flips while training
+    cache: bool = False  # keep decoded, resized frames in memory (best with num_workers: 0)
+
+
+@dataclass
+class Steps:
+    """Optimisation steps per stage."""
+
+    n1: int = 2000
+    n2: int = 2000
+    g: int = 2000
+    oracle: int = 2000
+
+
+@dataclass
+class Optimizer:
+    """Adam with optional weight decay and a polynomial learning-rate decay."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    schedule: Literal["poly", "constant"] = "poly"
+
+
+@dataclass
+class DepthOptions:
+    """Depth settings: focal normalisation of targets and the metric range."""
+
+    focal_normalised: bool = False
+    focal_ref: float | None = None  # default: fx of A's first training frame at input size
+    min_depth: float = 0.5
+    max_depth: float = 80.0
+
+
+@dataclass
+class Trainer:
+    """Lightning settings: the same experiment runs on CPU, one GPU or DDP."""
+
+    accelerator: str = "auto"
+    devices: int | str | list = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str | int = "32"
+    channels_last: bool = False
+    threads: int = 0  # CPU threads per process; 0 = cores / local processes
+    checkpoint_every: int = 200
+    log_every: int = 20
+    tensorboard: bool = False
+    progress_bar: bool = True
+
+
+@dataclass
+class Evaluation:
+    """Evaluation settings."""
+
+    batch_size: int = 8
+    adabn_batches: int = 50  # batches of the evaluated domain's training images for AdaBN
+    figure_samples: int = 4
+    max_frames: int = 0  # 0 = whole test split
+
+
+@dataclass
+class Experiment:
+    """One AT/DT experiment: domains, direction, networks, training and evaluation settings."""
+
+    name: str
+    direction: Literal["dep2sem", "sem2dep"]
+    domains: Domains
+    out_dir: str | None = None
+    seed: int = 0
+    shared: bool = True  # one N1 on A∪B (True) or N1^A and N1^B (Sec. 6.2 ablation)
+    model: Model = field(default_factory=Model)
+    data: Data = field(default_factory=Data)
+    steps: Steps = field(default_factory=Steps)
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    depth: DepthOptions = field(default_factory=DepthOptions)
+    trainer: Trainer = field(default_factory=Trainer)
+    evaluation: Evaluation = field(default_factory=Evaluation)
+    source: str | None = field(default=None, metadata={"internal": True})
+
+    @property
+    def task1(self) -> str:
+        """Task whose labels exist in both domains (its features are transferred)."""
+        return DIRECTIONS[self.direction][0]
+
+    @property
+    def task2(self) -> str:
+        """Task labelled only in domain A (predicted on B by Eq. 4)."""
+        return DIRECTIONS[self.direction][1]
+
+    @property
+    def output_dir(self) -> Path:
+        """Directory of the experiment's checkpoints, results and report."""
+        return Path(self.out_dir or f"runs/{self.name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data copy (for results.json)."""
+        data = dataclasses.asdict(self)
+        data.pop("source", None)
+        return data
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _convert(value, option, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) in {type(a) for a in typing.get_args(tp)}:
+            return value
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is list:
+        if isinstance(value, list):
+            return value
+    else:  # pragma: no cover - schema error
+        raise TypeError(f"unsupported schema type {tp} at {key}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix or "experiment"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(f"{prefix + '.' if prefix else ''}{unknown[0]}: unknown key; accepted keys: "
+                          f"{', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}: missing required key")
+    return cls(**kwargs)
+
+
+def _validate(exp: Experiment) -> None:
+    def positive(key: str, value: float, allow_zero: bool = False) -> None:
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+    exp.trainer.precision = str(exp.trainer.precision)
+    if exp.trainer.precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision: expected one of {', '.join(PRECISIONS)}, "
+                          f"got {exp.trainer.precision!r}")
+    for name in ("height", "width", "batch_size"):
+        positive(f"data.{name}", getattr(exp.data, name))
+    if exp.data.height % 16 or exp.data.width % 16:
+        raise ConfigError(f"data.height/width: must be multiples of 16 (output stride), "
+                          f"got {exp.data.height}x{exp.data.width}")
+    positive("data.num_workers", exp.data.num_workers, allow_zero=True)
+    for name in ("n1", "n2", "g", "oracle"):
+        positive(f"steps.{name}", getattr(exp.steps, name), allow_zero=True)
+    positive("optimizer.lr", exp.optimizer.lr)
+    positive("optimizer.weight_decay", exp.optimizer.weight_decay, allow_zero=True)
+    positive("trainer.checkpoint_every", exp.trainer.checkpoint_every)
+    positive("trainer.log_every", exp.trainer.log_every)
+    positive("evaluation.batch_size", exp.evaluation.batch_size)
+    if not 0 < exp.depth.min_depth < exp.depth.max_depth:
+        raise ConfigError(f"depth.min_depth/max_depth: need 0 < min_depth < max_depth, "
+                          f"got {exp.depth.min_depth}, {exp.depth.max_depth}")
+    if exp.depth.focal_ref is not None:
+        positive("depth.focal_ref", exp.depth.focal_ref)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``steps.n1=100`` -> (["steps", "n1"], 100); the value is parsed as YAML."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. steps.n1=100")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def experiment_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
+    """Build and validate an ``Experiment`` from plain data plus ``KEY=VALUE`` overrides."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {k} is not a mapping")
+        node[keys[-1]] = value
+    exp = _build(Experiment, data, "")
+    _validate(exp)
+    return exp
+
+
+def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
+    """Read an experiment YAML file; errors name the file and the key at fault."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        exp = experiment_from_dict(data if data is not None else {}, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    exp.source = str(path)
+    return exp

@@ -1,0 +1,178 @@
+"""Lightning modules of the AT/DT stages: a task network N (stages 1, 2 and the Oracle) and the
+transfer network G trained by Eq. 3 with E1 and E2 frozen (stage 3), plus the task losses."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch import nn
+
+from atdt_ros.classmap import UNLABELED
+
+from .config import Experiment
+from .models import Encoder, TaskNet, TransferNet
+from .stages import publish
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the stage stops, keeping its last good checkpoint."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes checkpoints to a temporary file and renames it, so a kill never leaves half a file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = os.fspath(path)
+        folder = os.path.dirname(path) or "."
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".ckpt.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        try:
+            torch.save(checkpoint, tmp)
+            publish(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def semantic_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over labelled pixels (255 ignored); zero (with a graph) when none is labelled."""
+    if not bool((target != UNLABELED).any()):
+        return logits.float().sum() * 0.0
+    return F.cross_entropy(logits.float(), target, ignore_index=UNLABELED)
+
+
+def depth_target(depth: torch.Tensor, focal: torch.Tensor, focal_ref: float | None) -> torch.Tensor:
+    """Depth in training units: metres, or focal-normalised ``depth * f_ref / f_frame``."""
+    if focal_ref is None:
+        return depth
+    return depth * (focal_ref / focal).view(-1, 1, 1)
+
+
+def depth_to_metres(pred: torch.Tensor, focal: torch.Tensor, focal_ref: float | None) -> torch.Tensor:
+    """Network depth output (N, H, W) back to metres (undoes the focal normalisation)."""
+    if focal_ref is None:
+        return pred
+    return pred * (focal / focal_ref).view(-1, 1, 1)
+
+
+def depth_loss(pred: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, focal: torch.Tensor,
+               focal_ref: float | None) -> torch.Tensor:
+    """L1 over valid pixels, in metres or focal-normalised units; zero when none is valid."""
+    pred = pred.float()[:, 0]
+    target = depth_target(depth, focal, focal_ref)
+    weight = valid.to(pred.dtype)
+    return ((pred - target).abs() * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def task_loss(task: str, output: torch.Tensor, batch: dict[str, torch.Tensor], focal_ref: float | None) -> torch.Tensor:
+    """The loss of a task network's output on a batch of FrameDataset samples."""
+    if task == "semantic":
+        return semantic_loss(output, batch["semantic"])
+    return depth_loss(output, batch["depth"], batch["depth_valid"], batch["focal"], focal_ref)
+
+
+def _poly(max_steps: int):
+    return lambda step: max(0.0, 1.0 - step / max(1, max_steps)) ** 0.9
+
+
+class _StageModule(L.LightningModule):
+    """Shared optimiser, input layout and non-finite-loss guard of the stages."""
+
+    def __init__(self, exp: Experiment, max_steps: int) -> None:
+        super().__init__()
+        self.exp = exp
+        self.max_steps = max_steps
+        self.channels_last = exp.trainer.channels_last
+        self.last_loss = float("nan")
+
+    def _input(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = batch["image"]
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        finite = bool(torch.isfinite(loss.detach()).item())
+        if self.trainer.world_size > 1:  # every process must stop together
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) at step {self.global_step}; stopping, the last good "
+                f"checkpoint is kept")
+
+    def _trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> Any:
+        opt = self.exp.optimizer
+        optimizer = torch.optim.Adam(self._trainable(), lr=opt.lr, weight_decay=opt.weight_decay)
+        if opt.schedule == "constant":
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(self.max_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class TaskModule(_StageModule):
+    """Trains a task network N = D∘E (N1, N2 or the Oracle) with its task loss."""
+
+    def __init__(self, exp: Experiment, task: str, max_steps: int, focal_ref: float | None = None) -> None:
+        super().__init__(exp, max_steps)
+        self.task = task
+        self.focal_ref = focal_ref if task == "depth" else None
+        self.net = TaskNet(task, exp.model.depth, exp.model.norm, exp.model.feature_level)
+        if exp.model.init:
+            self.net.load_imagenet(exp.model.init)
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = task_loss(self.task, self.net(self._input(batch)), batch, self.focal_ref)
+        self._check_finite(loss)
+        self.last_loss = float(loss.detach())
+        self.log("loss", loss, prog_bar=True)
+        return loss
+
+
+class TransferModule(_StageModule):
+    """Trains G on domain A by Eq. 3, ‖G(E1(x)) − E2(x)‖² (mean squared error of the features).
+
+    E1 and E2 are frozen: no gradients, kept in eval mode (their batch-norm statistics never move).
+    """
+
+    def __init__(self, exp: Experiment, e1: Encoder, e2: Encoder, max_steps: int) -> None:
+        super().__init__(exp, max_steps)
+        self.e1, self.e2 = e1, e2
+        for p in list(e1.parameters()) + list(e2.parameters()):
+            p.requires_grad_(False)
+        self.g = TransferNet(e1.out_channels, exp.model.norm, exp.model.transfer_hidden, e2.out_channels)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+        self.train()
+
+    def train(self, mode: bool = True) -> "TransferModule":
+        super().train(mode)
+        self.e1.eval()
+        self.e2.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.g(self.e1(x))
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x = self._input(batch)
+        with torch.no_grad():
+            f1, f2 = self.e1(x), self.e2(x)
+        loss = F.mse_loss(self.g(f1).float(), f2.float())  # Eq. 3
+        self._check_finite(loss)
+        self.last_loss = float(loss.detach())
+        self.log("loss", loss, prog_bar=True)
+        return loss

@@ -1,0 +1,204 @@
+"""Reports of an evaluated experiment: Markdown tables laid out like the paper's Tables 1 and 2,
+and a Fig. 3-like figure (RGB | Baseline | AT/DT | ground truth)."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atdt_ros.classmap import TABLE_NAMES, colorize
+from atdt_ros.metrics import DEPTH_METRICS, LOWER_IS_BETTER
+
+METHOD_LABELS: dict[str, str] = {
+    "baseline": "Baseline", "baseline_adabn": "Baseline+AdaBN", "atdt": "AT/DT",
+    "atdt_adabn": "AT/DT+AdaBN", "oracle": "Oracle",
+}
+DEPTH_HEADERS: dict[str, str] = {
+    "abs_rel": "Abs Rel ↓", "sq_rel": "Sq Rel ↓", "rmse": "RMSE ↓", "rmse_log": "RMSE log ↓",
+    "delta1": "δ<1.25 ↑", "delta2": "δ<1.25² ↑", "delta3": "δ<1.25³ ↑",
+}
+DOMAIN_TITLES = {"B": "domain B (target: no task-2 labels used, except by the Oracle)",
+                 "A": "domain A (source)"}
+
+
+def _pct(value: float) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def _num(value: float, digits: int = 3) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _signed(value: float, digits: int) -> str:
+    return "–" if math.isnan(value) else f"{value:+.{digits}f}"
+
+
+def depth_value(metric: str, value: float) -> str:
+    """A depth metric as printed in the tables: deltas in %, errors with 3 decimals."""
+    return _pct(value) if metric.startswith("delta") else _num(value)
+
+
+def gap_closed(rows: dict[str, dict[str, Any]], key: str) -> float:
+    """(AT/DT − Baseline) / (Oracle − Baseline) for metric ``key`` (NaN without an Oracle)."""
+    if not {"baseline", "atdt", "oracle"} <= rows.keys():
+        return math.nan
+    base, atdt, oracle = rows["baseline"][key], rows["atdt"][key], rows["oracle"][key]
+    if oracle == base or any(math.isnan(v) for v in (base, atdt, oracle)):
+        return math.nan
+    return (atdt - base) / (oracle - base)
+
+
+def semantic_table(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Table 1 layout: per-class IoU, mIoU, Acc, and the gains over the Baseline."""
+    head = ["Method", *TABLE_NAMES, "mIoU", "Acc", "Δ mIoU", "Δ Acc"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = rows.get("baseline")
+    for key, label in METHOD_LABELS.items():
+        if key not in rows:
+            continue
+        r = rows[key]
+        gains = ["", ""]
+        if base is not None and key != "baseline":
+            gains = [_signed(100 * (r["miou"] - base["miou"]), 1), _signed(100 * (r["accuracy"] - base["accuracy"]), 1)]
+        cells = [label, *(_pct(v) for v in r["iou"]), f"**{_pct(r['miou'])}**", _pct(r["accuracy"]), *gains]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def depth_table(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Table 2 layout: the seven depth metrics, then the gains over the Baseline."""
+    head = ["Method", *(DEPTH_HEADERS[m] for m in DEPTH_METRICS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, label in METHOD_LABELS.items():
+        if key in rows:
+            lines.append("| " + " | ".join([label, *(depth_value(m, rows[key][m]) for m in DEPTH_METRICS)]) + " |")
+    base = rows.get("baseline")
+    if base is not None:
+        for key, label in METHOD_LABELS.items():
+            if key in rows and key != "baseline":
+                cells = []
+                for m in DEPTH_METRICS:
+                    delta = rows[key][m] - base[m]
+                    cells.append(_signed(100 * delta, 1) if m.startswith("delta") else _signed(delta, 3))
+                lines.append("| " + " | ".join([f"Δ {label} vs Baseline", *cells]) + " |")
+    return lines
+
+
+def _task1_line(task: str, metrics: dict[str, Any]) -> str:
+    if task == "semantic":
+        return f"mIoU {_pct(metrics['miou'])}, Acc {_pct(metrics['accuracy'])}"
+    return ", ".join(f"{DEPTH_HEADERS[m][:-2]} {depth_value(m, metrics[m])}" for m in DEPTH_METRICS)
+
+
+def render_report(results: dict[str, Any]) -> str:
+    """The Markdown report of ``results.json``."""
+    cfg = results["config"]
+    task1, task2 = results["task1"], results["task2"]
+    arrow = {"dep2sem": "Dep→Sem", "sem2dep": "Sem→Dep"}[results["direction"]]
+    m, d, s = cfg["model"], cfg["data"], cfg["steps"]
+    lines = [
+        f"# AT/DT results: {results['experiment']} ({arrow})",
+        "",
+        f"- Command: `atdt_train run {results.get('source') or 'EXPERIMENT.yaml'}`",
+        f"- Task 1 = {task1} (labels in A and B), task 2 = {task2} (labels in A only); "
+        f"N1 {'shared on A∪B' if cfg['shared'] else 'trained separately per domain (N1^A, N1^B)'}",
+        f"- Domains: A = `{cfg['domains']['A']['train']}`, B = `{cfg['domains']['B']['train']}` (train lists)",
+        f"- Networks: dilated ResNet-{m['depth']}, feature level {m['feature_level']}, norm {m['norm']}, "
+        f"input {d['height']}x{d['width']}, batch {d['batch_size']}, precision {cfg['trainer']['precision']}",
+        f"- Steps: N1 {s['n1']}, N2 {s['n2']}, G {s['g']}, Oracle {s['oracle']}; Adam lr {cfg['optimizer']['lr']}",
+    ]
+    if "depth" in (task1, task2):
+        dep = cfg["depth"]
+        lines.append(f"- Depth: metrics on ground truth in ({dep['min_depth']}, {dep['max_depth']}) m; focal "
+                     f"normalisation {'on (f_ref = %.1f px)' % results['focal_ref'] if dep['focal_normalised'] else 'off'}")
+    training = results.get("training", {})
+    if training:
+        total = sum(t.get("seconds", 0.0) for t in training.values())
+        parts = ", ".join(f"{k} {t.get('seconds', 0.0) / 60:.1f} min" for k, t in training.items())
+        lines.append(f"- Training time: {total / 60:.1f} min ({parts})")
+    for domain in ("B", "A"):
+        res = results["domains"].get(domain)
+        if res is None:
+            continue
+        rows = res["task2"]
+        lines += ["", f"## {task2.capitalize()} on {DOMAIN_TITLES[domain]}: {res['frames']} test frames", ""]
+        lines += semantic_table(rows) if task2 == "semantic" else depth_table(rows)
+        key = "miou" if task2 == "semantic" else "abs_rel"
+        closed = gap_closed(rows, key)
+        if not math.isnan(closed):
+            lines += ["", f"AT/DT closes {100 * closed:.0f}% of the Baseline→Oracle gap in "
+                          f"{'mIoU' if key == 'miou' else 'Abs Rel'}."]
+        if not res.get("adabn"):
+            lines += ["", "AdaBN rows: not applicable (no batch normalisation)."]
+        lines += ["", f"Task 1 ({task1}, N1) on {domain}: {_task1_line(task1, res['task1'])}."]
+        if res.get("figure"):
+            lines += ["", f"![RGB | Baseline | AT/DT | ground truth on {domain}]({res['figure']})"]
+    lines += ["", "Rows: Baseline = N2 trained on A; AT/DT = D2(G(E1(x))) (Eq. 4); +AdaBN = batch-norm "
+              "statistics re-estimated on the evaluated domain's unlabelled training images (for AT/DT: "
+              "those of G and D2; E1 is kept); Oracle = N2 trained on B's task-2 labels.", ""]
+    return "\n".join(lines)
+
+
+def write_report(results: dict[str, Any], path: Path) -> Path:
+    """Write ``report.md`` atomically."""
+    from .stages import atomic_write_text
+
+    atomic_write_text(Path(path), render_report(results))
+    return Path(path)
+
+
+def depth_colormap(depth: np.ndarray, depth_range: tuple[float, float]) -> np.ndarray:
+    """Depth in metres -> RGB uint8 (inverse depth, magma; invalid pixels black)."""
+    import matplotlib
+
+    lo, hi = depth_range
+    inv = 1.0 / np.clip(depth, lo, hi)
+    norm = (inv - 1.0 / hi) / (1.0 / lo - 1.0 / hi)
+    rgb = (matplotlib.colormaps["magma"](norm)[..., :3] * 255).astype(np.uint8)
+    rgb[~(depth > 0)] = 0
+    return rgb
+
+
+def save_figure(samples: list[dict[str, np.ndarray]], task: str, path: Path,
+                depth_range: tuple[float, float] = (0.5, 80.0)) -> Path:
+    """Fig. 3-like grid, one row per sample: RGB | Baseline | AT/DT | ground truth (PNG, atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .stages import publish
+
+    def show(array: np.ndarray) -> np.ndarray:
+        if task == "semantic":
+            return colorize(array.astype(np.int64))
+        return depth_colormap(array, depth_range)
+
+    rows = len(samples)
+    h, w = samples[0]["rgb"].shape[:2]
+    fig, axes = plt.subplots(rows, 4, figsize=(4 * 2.4 * w / h, rows * 2.4 + 0.4), squeeze=False)
+    for r, sample in enumerate(samples):
+        for c, (title, image) in enumerate((("RGB", sample["rgb"]), ("Baseline", show(sample["baseline"])),
+                                            ("AT/DT", show(sample["atdt"])), ("Ground truth", show(sample["gt"])))):
+            ax = axes[r][c]
+            ax.imshow(image)
+            ax.set_axis_off()
+            if r == 0:
+                ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        publish(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path

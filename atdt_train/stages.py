@@ -1,0 +1,514 @@
+"""The four AT/DT stages on Lightning, and the ``run`` / ``stage`` / ``evaluate`` commands.
+
+1. ``n1``: N1 = D1∘E1 for task 1 on A∪B (``shared: false`` trains ``n1_A`` and ``n1_B``, Sec. 6.2).
+2. ``n2``: N2 = D2∘E2 for task 2 on A (also the Baseline on B).
+3. ``g``: the transfer network G on A by Eq. 3, E1 and E2 frozen.
+4. ``evaluate``: Baseline, Baseline+AdaBN, AT/DT (Eq. 4), AT/DT+AdaBN and the ``oracle`` stage
+   (N2 trained on B's task-2 labels) on B's and A's test splits.
+
+Each training stage lives in ``OUT/stages/NAME/``: ``checkpoints/last.ckpt`` (every
+``trainer.checkpoint_every`` steps, written atomically; a killed stage resumes from it),
+``logs/`` (CSV), and, once complete, ``weights.pt`` then ``done.json`` (the stage is skipped
+when both exist). Single CPU, GPU and DDP (torchrun, SLURM, or ``strategy: ddp``) run the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import ConfigError, Experiment, load_experiment
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models import TaskNet, TransferNet
+
+log = logging.getLogger(__name__)
+
+STAGE_NAMES: tuple[str, ...] = ("n1", "n1_A", "n1_B", "n2", "g", "oracle", "evaluate")
+
+
+# ----------------------------------------------------------------------------- layout helpers
+
+def stage_dir(exp: Experiment, name: str) -> Path:
+    """Folder of a training stage's checkpoints, logs and final weights."""
+    return exp.output_dir / "stages" / name
+
+
+def weights_path(exp: Experiment, name: str) -> Path:
+    """Final weights of a completed training stage."""
+    return stage_dir(exp, name) / "weights.pt"
+
+
+def is_done(exp: Experiment, name: str) -> bool:
+    """True when a training stage finished: its ``done.json`` and ``weights.pt`` exist."""
+    return (stage_dir(exp, name) / "done.json").is_file() and weights_path(exp, name).is_file()
+
+
+def training_stages(exp: Experiment) -> list[str]:
+    """Training stages of an experiment, in the order ``run`` executes them."""
+    n1 = ["n1"] if exp.shared else ["n1_A", "n1_B"]
+    return n1 + ["n2", "g", "oracle"]
+
+
+def e1_stage(exp: Experiment, domain: str = "A") -> str:
+    """The stage holding E1 used on ``domain`` (the shared N1, or N1^A / N1^B)."""
+    return "n1" if exp.shared else f"n1_{domain}"
+
+
+def stage_spec(exp: Experiment, name: str) -> tuple[str | None, tuple[str, ...], int]:
+    """(task or None for G, training domains, steps) of a training stage."""
+    specs = {
+        "n1": (exp.task1, ("A", "B"), exp.steps.n1),
+        "n1_A": (exp.task1, ("A",), exp.steps.n1),
+        "n1_B": (exp.task1, ("B",), exp.steps.n1),
+        "n2": (exp.task2, ("A",), exp.steps.n2),
+        "oracle": (exp.task2, ("B",), exp.steps.oracle),
+        "g": (None, ("A",), exp.steps.g),
+    }
+    if name not in specs:
+        raise ConfigError(f"unknown stage {name!r}; accepted: {', '.join(STAGE_NAMES)}")
+    return specs[name]
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Give a finished temporary file the usual permissions and rename it into place (atomic)."""
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, then rename."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def global_rank() -> int:
+    """This process's rank in a distributed run (0 when not distributed)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        return int(os.environ["SLURM_PROCID"])
+    # processes started by Lightning itself: nonzero unless both node and local rank are 0
+    return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
+
+
+def save_experiment_copy(exp: Experiment) -> None:
+    """Keep the resolved experiment beside its outputs (``load_networks(OUT)`` reads it)."""
+    import yaml
+
+    if global_rank() == 0:
+        atomic_write_text(exp.output_dir / "experiment.yaml", yaml.safe_dump(exp.to_dict(), sort_keys=False))
+
+
+# ----------------------------------------------------------------------------- data
+
+def make_dataset(exp: Experiment, domain: str, split: str, train: bool = False):
+    """FrameDataset of one domain's split at the experiment's input size."""
+    from .data import FrameDataset
+
+    d = getattr(exp.domains, domain)
+    path = getattr(d, split)
+    if path is None:
+        raise ConfigError(f"domains.{domain}.{split}: no filelist given")
+    return FrameDataset(path, kind=d.kind, size=(exp.data.height, exp.data.width),
+                        augment=train and exp.data.flip, cache=exp.data.cache)
+
+
+def train_loader(exp: Experiment, domains: tuple[str, ...]):
+    """Shuffled loader over the training splits of ``domains`` (A∪B for the shared N1)."""
+    from torch.utils.data import ConcatDataset, DataLoader
+
+    parts = [make_dataset(exp, d, "train", train=True) for d in domains]
+    dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+    workers = exp.data.num_workers
+    return DataLoader(dataset, batch_size=exp.data.batch_size, shuffle=True,
+                      drop_last=len(dataset) >= 2 * exp.data.batch_size, num_workers=workers,
+                      persistent_workers=workers > 0, pin_memory=False)
+
+
+def resolve_focal_ref(exp: Experiment) -> float | None:
+    """f_ref of focal-normalised depth (None when off): configured, or fx of A's first training frame."""
+    if not exp.depth.focal_normalised:
+        return None
+    if exp.depth.focal_ref is not None:
+        return float(exp.depth.focal_ref)
+    record = exp.output_dir / "focal_ref.json"
+    if record.is_file():
+        return float(json.loads(record.read_text())["focal_ref"])
+    focal = float(make_dataset(exp, "A", "train").load(0)[3])
+    atomic_write_text(record, json.dumps({"focal_ref": focal}) + "\n")
+    return focal
+
+
+# ----------------------------------------------------------------------------- training
+
+def configure_threads(exp: Experiment) -> None:
+    """CPU threads per process: the configured number, or the cores shared by local processes."""
+    import torch
+
+    if exp.trainer.threads > 0:
+        torch.set_num_threads(exp.trainer.threads)
+        return
+    on_cpu = exp.trainer.accelerator == "cpu" or (exp.trainer.accelerator == "auto" and not torch.cuda.is_available())
+    if not on_cpu:
+        return
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or (exp.trainer.devices if isinstance(exp.trainer.devices, int) else 1)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+
+
+def _quiet_lightning() -> None:
+    """One log line per message (ours and Lightning's alike), no advertising tips."""
+    lightning_log = logging.getLogger("lightning.pytorch")
+    if logging.getLogger().hasHandlers():
+        for handler in list(lightning_log.handlers):
+            lightning_log.removeHandler(handler)
+        lightning_log.propagate = True
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(getattr(f, "atdt", False) for f in rank_zero.filters):
+        def no_tips(record: logging.LogRecord) -> bool:
+            return "Tip:" not in str(record.msg)
+        no_tips.atdt = True  # type: ignore[attr-defined]
+        rank_zero.addFilter(no_tips)
+
+
+def _make_trainer(exp: Experiment, name: str, max_steps: int, extra_callbacks: list):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from .lit import AtomicCheckpointIO
+
+    _quiet_lightning()
+    folder = stage_dir(exp, name)
+    loggers = [CSVLogger(str(folder), name="logs", version=0)]
+    if exp.trainer.tensorboard:
+        loggers.append(TensorBoardLogger(str(folder), name="tensorboard", version=0))
+    checkpoint = ModelCheckpoint(dirpath=str(folder / "checkpoints"), save_last=True, save_top_k=0,
+                                 every_n_train_steps=exp.trainer.checkpoint_every)
+    t = exp.trainer
+    return L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        precision=t.precision, max_steps=max_steps, max_epochs=-1, logger=loggers,
+        callbacks=[checkpoint, *extra_callbacks], plugins=[AtomicCheckpointIO()],
+        log_every_n_steps=min(t.log_every, max(1, max_steps)), enable_progress_bar=t.progress_bar,
+        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+        default_root_dir=str(folder), use_distributed_sampler=True,
+    )
+
+
+def _resume_checkpoint(folder: Path) -> str | None:
+    """``last.ckpt`` when it exists and loads; a corrupt one is set aside with a warning."""
+    import torch
+
+    last = folder / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return None
+    try:
+        torch.load(last, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated by a kill before atomic writes, or damaged
+        bad = last.with_suffix(".ckpt.corrupt")
+        log.warning("checkpoint %s cannot be read (%s); moved to %s, starting the stage afresh", last, exc, bad)
+        if global_rank() == 0:
+            os.replace(last, bad)
+        return None
+    return str(last)
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    """Read a stage's ``weights.pt``; errors name the file."""
+    import torch
+
+    if not path.is_file():
+        raise FileNotFoundError(f"stage weights not found: {path} (run that stage first)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read stage weights {path}: {exc}") from exc
+
+
+def load_task_net(exp: Experiment, name: str) -> "TaskNet":
+    """The trained task network of stage ``name`` (n1, n1_A, n1_B, n2, oracle), in eval mode."""
+    from .models import TaskNet
+
+    record = load_weights(weights_path(exp, name))
+    net = TaskNet(record["task"], record["depth"], record["norm"], record["feature_level"])
+    net.load_state_dict(record["state_dict"])
+    return net.eval()
+
+
+def load_transfer_net(exp: Experiment) -> "TransferNet":
+    """The trained transfer network G, in eval mode."""
+    from .models import TransferNet
+
+    record = load_weights(weights_path(exp, "g"))
+    g = TransferNet(record["channels"], record["norm"], record["hidden"], record["out_channels"])
+    g.load_state_dict(record["state_dict"])
+    return g.eval()
+
+
+def _weights_record(exp: Experiment, module: Any) -> dict[str, Any]:
+    from .lit import TaskModule
+
+    def cpu(sd: dict) -> dict:
+        return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+
+    m = exp.model
+    if isinstance(module, TaskModule):
+        return {"kind": "task_net", "task": module.task, "depth": m.depth, "norm": m.norm,
+                "feature_level": m.feature_level, "state_dict": cpu(module.net.state_dict())}
+    g = module.g
+    hidden = g.down[0][0].out_channels
+    return {"kind": "transfer_net", "channels": g.channels, "out_channels": g.out_channels,
+            "hidden": hidden, "norm": m.norm, "state_dict": cpu(g.state_dict())}
+
+
+def train_stage(exp: Experiment, name: str) -> dict[str, Any]:
+    """Train one stage to completion (resuming from ``last.ckpt``), or skip it when done."""
+    import warnings
+
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    from .lit import TaskModule, TransferModule
+
+    # E1 and E2 stay in eval mode on purpose while G trains
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+
+    if is_done(exp, name):
+        log.info("stage %s: done already (%s), skipped", name, stage_dir(exp, name))
+        return json.loads((stage_dir(exp, name) / "done.json").read_text())
+    task, domains, steps = stage_spec(exp, name)
+    folder = stage_dir(exp, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    configure_threads(exp)
+    L.seed_everything(exp.seed, workers=True, verbose=False)
+    focal_ref = resolve_focal_ref(exp)
+    if task is None:
+        for needed in (e1_stage(exp, "A"), "n2"):
+            if not is_done(exp, needed):
+                raise ConfigError(f"stage g needs stage {needed} first ({stage_dir(exp, needed)} is not complete)")
+        e1 = load_task_net(exp, e1_stage(exp, "A")).encoder
+        e2 = load_task_net(exp, "n2").encoder
+        module: L.LightningModule = TransferModule(exp, e1, e2, steps)
+    else:
+        module = TaskModule(exp, task, steps, focal_ref)
+    loader = train_loader(exp, domains)
+    started = time.monotonic()
+    previous = _previous_seconds(folder)
+
+    class Finish(Callback):
+        """Writes weights.pt then done.json (rank zero) once max_steps are reached."""
+
+        def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if trainer.global_step >= steps and trainer.is_global_zero:
+                _write_done(exp, name, pl_module, trainer.global_step, previous + time.monotonic() - started)
+            trainer.strategy.barrier("atdt-stage-done")
+
+    class Timer(Callback):
+        """Keeps the training time of a stage across resumes."""
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+            if trainer.is_global_zero:
+                atomic_write_text(folder / "time.json",
+                                  json.dumps({"seconds": previous + time.monotonic() - started}) + "\n")
+
+    trainer = _make_trainer(exp, name, steps, [Timer(), Finish()])
+    resume = _resume_checkpoint(folder)
+    log.info("stage %s: %s on %s, %d steps%s", name, task or "G (Eq. 3)", "∪".join(domains), steps,
+             f", resuming from {resume}" if resume else "")
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
+    if not is_done(exp, name) and trainer.global_step >= steps and trainer.is_global_zero:
+        _write_done(exp, name, module, trainer.global_step, previous + time.monotonic() - started)
+    if not is_done(exp, name):
+        raise RuntimeError(f"stage {name} stopped at step {trainer.global_step} of {steps} without finishing")
+    return json.loads((folder / "done.json").read_text())
+
+
+def _previous_seconds(folder: Path) -> float:
+    try:
+        return float(json.loads((folder / "time.json").read_text())["seconds"])
+    except (OSError, ValueError, KeyError):
+        return 0.0
+
+
+def _write_done(exp: Experiment, name: str, module: Any, step: int, seconds: float) -> None:
+    atomic_torch_save(_weights_record(exp, module), weights_path(exp, name))
+    done = {"stage": name, "steps": step, "seconds": round(seconds, 1),
+            "final_loss": module.last_loss, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_text(stage_dir(exp, name) / "done.json", json.dumps(done, indent=2) + "\n")
+    log.info("stage %s: finished %d steps in %.0f s (final loss %.4f)", name, step, seconds, module.last_loss)
+
+
+# ----------------------------------------------------------------------------- whole experiment
+
+def run_experiment(exp: Experiment) -> dict[str, Any] | None:
+    """All stages in order, skipping completed ones, then evaluation (on rank zero only)."""
+    save_experiment_copy(exp)
+    for name in training_stages(exp):
+        train_stage(exp, name)
+    if global_rank() != 0:
+        return None
+    from .evaluate import evaluate_experiment
+
+    return evaluate_experiment(exp)
+
+
+def load_networks(cfg_or_path: Experiment | str | os.PathLike) -> tuple["TaskNet", "TaskNet", "TransferNet", dict[str, Any]]:
+    """(N1, N2, G, info) of a trained experiment, from its YAML file, output folder or config.
+
+    N1 is the network whose encoder E1 feeds G on domain B (the shared N1, or N1^B).
+    ``info``: name, direction, tasks, input size, depth settings, checkpoint files.
+    """
+    if isinstance(cfg_or_path, Experiment):
+        exp = cfg_or_path
+    else:
+        path = Path(cfg_or_path)
+        exp = load_experiment(path / "experiment.yaml" if path.is_dir() else path)
+    n1_name = e1_stage(exp, "B")
+    n1, n2, g = load_task_net(exp, n1_name), load_task_net(exp, "n2"), load_transfer_net(exp)
+    info = {
+        "name": exp.name,
+        "direction": exp.direction,
+        "task1": exp.task1,
+        "task2": exp.task2,
+        "input_size": [exp.data.height, exp.data.width],
+        "backbone_depth": exp.model.depth,
+        "feature_level": exp.model.feature_level,
+        "norm": exp.model.norm,
+        "depth": {
+            "focal_normalised": exp.depth.focal_normalised,
+            "focal_ref": resolve_focal_ref(exp),
+            "min_depth": exp.depth.min_depth,
+            "max_depth": exp.depth.max_depth,
+        },
+        "checkpoints": {"n1": str(weights_path(exp, n1_name)), "n2": str(weights_path(exp, "n2")),
+                        "g": str(weights_path(exp, "g"))},
+    }
+    return n1, n2, g, info
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment", help="experiment YAML file (config/experiments/*.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set steps.n1=100 (repeatable)")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``run``, ``stage`` and ``evaluate`` subcommands."""
+    p = subparsers.add_parser("run", help="run every AT/DT stage of an experiment, then evaluate",
+                              description="Train N1, N2, G and the Oracle (skipping finished stages, "
+                                          "resuming killed ones), evaluate, write results.json, report.md, figures.")
+    _add_common(p)
+    p.set_defaults(func=_cmd_run)
+    p = subparsers.add_parser("stage", help="run one stage of an experiment")
+    p.add_argument("name", choices=STAGE_NAMES, help="stage to run")
+    _add_common(p)
+    p.add_argument("--force", action="store_true", help="re-run a finished stage (its outputs are replaced)")
+    p.set_defaults(func=_cmd_stage)
+    p = subparsers.add_parser("evaluate", help="evaluate a trained experiment and write its report")
+    _add_common(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _guarded(fn):
+    def wrapper(args: argparse.Namespace) -> int:
+        from .lit import NonFiniteLossError
+
+        try:
+            return fn(args)
+        except (ConfigError, FileNotFoundError, ValueError) as exc:
+            log.error("%s", exc)
+            return 2
+        except NonFiniteLossError as exc:
+            log.error("%s", exc)
+            return 1
+        except Exception as exc:
+            from .data import DatasetError
+
+            if isinstance(exc, DatasetError):
+                log.error("%s", exc)
+                return 2
+            raise
+    return wrapper
+
+
+@_guarded
+def _cmd_run(args: argparse.Namespace) -> int:
+    exp = load_experiment(args.experiment, args.overrides)
+    results = run_experiment(exp)
+    if results is not None:
+        print(f"results: {exp.output_dir / 'results.json'}\nreport:  {exp.output_dir / 'report.md'}")
+    return 0
+
+
+@_guarded
+def _cmd_stage(args: argparse.Namespace) -> int:
+    exp = load_experiment(args.experiment, args.overrides)
+    save_experiment_copy(exp)
+    if args.name == "evaluate":
+        return _evaluate(exp)
+    names = [args.name]
+    if args.name == "n1" and not exp.shared:
+        names = ["n1_A", "n1_B"]
+    for name in names:
+        if args.force:
+            for f in ("done.json", "weights.pt"):
+                (stage_dir(exp, name) / f).unlink(missing_ok=True)
+        train_stage(exp, name)
+    return 0
+
+
+def _evaluate(exp: Experiment) -> int:
+    if global_rank() != 0:
+        return 0
+    from .evaluate import evaluate_experiment
+
+    evaluate_experiment(exp)
+    print(f"results: {exp.output_dir / 'results.json'}\nreport:  {exp.output_dir / 'report.md'}")
+    return 0
+
+
+@_guarded
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    exp = load_experiment(args.experiment, args.overrides)
+    return _evaluate(exp)
