@@ -18,7 +18,7 @@ from atdt_train.sim.domain import DomainError, load_domain, parse_preset
 from atdt_train.sim.render import StreetRenderer
 from atdt_train.sim.scene import (
     CameraPose,
-    MjcfWriter,
+    StreetGeoms,
     camera_rotation,
     compose_scene,
     intrinsics,
@@ -74,7 +74,7 @@ def test_bad_preset_fails_naming_the_key(tmp_path):
 
 def test_flat_road_depth_matches_the_analytic_plane(renderer):
     preset = load_domain("synthetic")
-    w = MjcfWriter()
+    w = StreetGeoms()
     w.add("road", "box", (400.0, 0.0, -0.5), (600.0, 600.0, 0.5))  # top face at z = 0
     renderer.load(compose_scene(preset, w, 96, 48))
     h, pitch = 1.7, math.radians(-8.0)
@@ -98,7 +98,7 @@ def test_flat_road_depth_matches_the_analytic_plane(renderer):
 def test_stereo_right_view_is_shifted_by_the_baseline_disparity():
     preset = load_domain("realistic")
     width, height, z_front, baseline = 192, 96, 12.0, 0.5
-    w = MjcfWriter()
+    w = StreetGeoms()
     w.add("vehicle", "box", (z_front + 0.5, 0.0, 1.5), (0.5, 0.6, 1.0), rgba=(1, 0, 0, 1))
     r = StreetRenderer(width, height)
     try:

@@ -15,6 +15,8 @@ import logging
 import os
 import re
 import tempfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +94,6 @@ def sequence_rng(seed: int, split: str, sequence: int, *extra: int) -> np.random
 def simulate(domain: str, frames: int, size: tuple[int, int], split: str, seed: int,
              stereo: bool, out: Path, progress: bool = True) -> Path:
     """Render (or complete) one split of a simulated dataset; returns the filelist path."""
-    import cv2  # noqa: PLC0415
     from tqdm import tqdm  # noqa: PLC0415
 
     from atdt_train.sim.domain import load_domain  # noqa: PLC0415
@@ -129,6 +130,9 @@ def simulate(domain: str, frames: int, size: tuple[int, int], split: str, seed: 
     renderer = None
     bar = tqdm(total=len(todo), desc=f"simulate {preset.name}/{split}", unit="frame",
                disable=not progress)
+    # PNG encoding and writing overlap with rendering the next frame
+    writer = ThreadPoolExecutor(max_workers=1)
+    pending: deque[Future] = deque()
     try:
         by_seq: dict[int, list[int]] = {}
         for i in todo:
@@ -146,20 +150,26 @@ def simulate(domain: str, frames: int, size: tuple[int, int], split: str, seed: 
                 exposure = float(rng.uniform(*preset.lens.exposure))
                 rgb = apply_lens(renderer.render_rgb(pose), depth, preset, rng, exposure)
                 p = paths(i)
-                files = {
-                    "semantic": _png(cv2, semantic),
-                    "depth": _png(cv2, np.round(depth * DEPTH_SCALE).astype(np.uint16)),
-                    "rgb": _png(cv2, rgb[..., ::-1]),
+                images = {
+                    p["semantic"]: semantic,
+                    p["depth"]: np.round(depth * DEPTH_SCALE).astype(np.uint16),
+                    p["rgb"]: rgb,
                 }
                 if stereo:
                     right = renderer.render_rgb(pose.shifted_right(preset.camera.baseline_m))
                     # the left depth stands in for haze: the baseline shift is negligible there
-                    files["right"] = _png(cv2, apply_lens(right, depth, preset, rng,
-                                                          exposure)[..., ::-1])
-                for key, data in files.items():
-                    _write_atomic(p[key], data)
-                bar.update(1)
+                    images[p["right"]] = apply_lens(right, depth, preset, rng, exposure)
+                pending.append(writer.submit(_save_frame, images))
+                while len(pending) > 2:
+                    pending.popleft().result()
+                    bar.update(1)
+        while pending:
+            pending.popleft().result()
+            bar.update(1)
     finally:
+        for f in pending:
+            f.cancel()
+        writer.shutdown(wait=True)
         bar.close()
         if renderer is not None:
             renderer.close()
@@ -174,11 +184,24 @@ def simulate(domain: str, frames: int, size: tuple[int, int], split: str, seed: 
     return filelist
 
 
-def _png(cv2: Any, img: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
+def _save_frame(images: dict[Path, np.ndarray]) -> None:
+    """Encode the images of one frame as PNG (RGB given as RGB) and write each atomically."""
+    import cv2  # noqa: PLC0415
+
+    for path, img in images.items():
+        if img.ndim == 3:  # colour: run-length strategy is faster and smaller here
+            params = [cv2.IMWRITE_PNG_COMPRESSION, 1,
+                      cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+            img = np.ascontiguousarray(img[..., ::-1])
+        elif img.dtype == np.uint8:  # labels: large flat regions
+            params = [cv2.IMWRITE_PNG_COMPRESSION, 1,
+                      cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+        else:
+            params = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+        ok, buf = cv2.imencode(".png", img, params)
+        if not ok:
+            raise RuntimeError(f"PNG encoding failed for {path}")
+        _write_atomic(path, buf.tobytes())
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -55,7 +55,7 @@ class StreetRenderer:
         self._gl = self.mj.GLContext(width, height)
         self._gl.make_current()
         self._con = None
-        self._context_key: str | None = None
+        self._pool_key: str | None = None
         self.model = None
         self._rect = self.mj.MjrRect(0, 0, width, height)
         self._rgb = np.empty((height, width, 3), dtype=np.uint8)
@@ -63,32 +63,53 @@ class StreetRenderer:
         self._zbuf = np.empty((height, width), dtype=np.float32)
 
     def load(self, scene: SceneModel) -> None:
-        """Compile a scene and make it current (once per sequence).
+        """Make ``scene`` current (once per sequence).
 
-        The GL-side context (textures, materials, builtin shapes) depends only on the scene's
-        assets and visual settings, so it is reused while ``scene.context_key`` stays the same.
+        The geom pool is compiled and uploaded to GL once per domain and size; a new street
+        only rewrites the pool's geom arrays (type, size, material, colour, pose).
         """
         mj = self.mj
-        model = mj.MjModel.from_xml_string(scene.xml, scene.assets)
-        if model.ngeom != len(scene.geom_class):
-            raise RuntimeError(f"scene has {model.ngeom} geoms but {len(scene.geom_class)} classes")
+        self._gl.make_current()
+        if self.model is None or scene.pool_key != self._pool_key:
+            self._compile_pool(scene)
+        model, data, n = self.model, self.data, scene.ngeom
+        if n > model.ngeom:
+            self._compile_pool(scene)
+            model, data = self.model, self.data
+        matid = np.array([self._material_ids[m] for m in scene.geom_material], dtype=np.int32)
+        model.geom_type[:n] = scene.geom_type
+        model.geom_size[:n] = scene.geom_size
+        model.geom_rgba[:n] = scene.geom_rgba
+        model.geom_matid[:n] = matid
+        data.geom_xpos[:n] = scene.geom_pos
+        data.geom_xmat[:n] = scene.geom_xmat
+        data.geom_xpos[n:] = (0.0, 0.0, -1000.0)
+        self._scn.flags[mj.mjtRndFlag.mjRND_SHADOW] = bool(scene.shadows)
+        self._ngeom = n
+        self._geom_class = scene.geom_class
+        self._geom_pos = scene.geom_pos
+        self._geom_rbound = _bounding_radius(scene.geom_type, scene.geom_size)
+
+    def _compile_pool(self, scene: SceneModel) -> None:
+        mj = self.mj
+        model = mj.MjModel.from_xml_string(scene.pool_xml, scene.assets)
+        if model.ngeom < scene.ngeom:
+            raise ValueError(f"geom pool holds {model.ngeom} geoms, the scene {scene.ngeom}")
         if model.vis.global_.offwidth < self.width or model.vis.global_.offheight < self.height:
             raise ValueError("scene offscreen buffer is smaller than the renderer's image size")
-        if model.nmesh or model.nhfield or np.any(model.geom_type == mj.mjtGeom.mjGEOM_PLANE):
-            raise ValueError("street scenes hold builtin geoms only (no planes, meshes, hfields)")
-        self._gl.make_current()
-        if self._con is None or scene.context_key != self._context_key:
-            if self._con is not None:
-                self._con.free()
-            self._con = mj.MjrContext(model, mj.mjtFontScale.mjFONTSCALE_50.value)
-            mj.mjr_setBuffer(mj.mjtFramebuffer.mjFB_OFFSCREEN.value, self._con)
-            self._con.readDepthMap = mj.mjtDepthMap.mjDEPTH_ZEROFAR
-            self._context_key = scene.context_key
+        if self._con is not None:
+            self._con.free()
+        self._con = mj.MjrContext(model, mj.mjtFontScale.mjFONTSCALE_50.value)
+        mj.mjr_setBuffer(mj.mjtFramebuffer.mjFB_OFFSCREEN.value, self._con)
+        self._con.readDepthMap = mj.mjtDepthMap.mjDEPTH_ZEROFAR
+        self._pool_key = scene.pool_key
         self.model = model
         self.data = mj.MjData(model)
         mj.mj_kinematics(model, self.data)
+        self._material_ids = {"": -1}
+        for i in range(model.nmat):
+            self._material_ids[mj.mj_id2name(model, mj.mjtObj.mjOBJ_MATERIAL, i)] = i
         self._scn = mj.MjvScene(model, maxgeom=model.ngeom + 64)
-        self._scn.flags[mj.mjtRndFlag.mjRND_SHADOW] = bool(scene.shadows)
         self._scn.flags[mj.mjtRndFlag.mjRND_REFLECTION] = False
         self._scn.flags[mj.mjtRndFlag.mjRND_SKYBOX] = True
         self._opt = mj.MjvOption()
@@ -97,9 +118,6 @@ class StreetRenderer:
         self._cam = mj.MjvCamera()
         self._cam.type = mj.mjtCamera.mjCAMERA_FIXED
         self._cam.fixedcamid = 0
-        self._geom_class = scene.geom_class
-        self._geom_pos = self.data.geom_xpos.copy()
-        self._geom_rbound = model.geom_rbound.copy()
         extent = model.stat.extent
         self._near = float(np.float32(model.vis.map.znear * extent))
         self._far = float(np.float32(model.vis.map.zfar * extent))
@@ -107,7 +125,6 @@ class StreetRenderer:
         self._tan_y = math.tan(fovy / 2.0)
         self._tan_x = self._tan_y * self.width / self.height
         self._fy = (self.height / 2.0) / self._tan_y
-        self._visible = np.ones(model.ngeom, dtype=bool)
 
     def _cull(self, pose: CameraPose) -> None:
         """Show only geoms inside the view frustum and larger than ``MIN_GEOM_PX`` on screen.
@@ -124,7 +141,9 @@ class StreetRenderer:
         visible = (f > -rb) & (f * sx - np.abs(x) * cx > -rb) & (f * sy - np.abs(y) * cy > -rb)
         visible &= (f <= rb) | (rb * self._fy > MIN_GEOM_PX * f)
         self._visible = visible
-        self.model.geom_group[:] = np.where(visible, VISIBLE_GROUP, HIDDEN_GROUP)
+        group = self.model.geom_group
+        group[:] = HIDDEN_GROUP
+        group[: self._ngeom] = np.where(visible, VISIBLE_GROUP, HIDDEN_GROUP)
 
     def _update(self, pose: CameraPose) -> None:
         mj = self.mj
@@ -199,6 +218,16 @@ class StreetRenderer:
         if self._gl is not None:
             self._gl.free()
             self._gl = None
+
+
+def _bounding_radius(gtype: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Radius of each geom's bounding sphere (MuJoCo's ``geom_rbound``) from type and size."""
+    r, h = size[:, 0], size[:, 1]
+    return np.select(
+        [gtype == 2, gtype == 3, gtype == 5, gtype == 4],
+        [r, r + h, np.hypot(r, h), size.max(axis=1)],
+        default=np.linalg.norm(size, axis=1),
+    )
 
 
 _VIGNETTE_CACHE: dict[tuple[int, int], np.ndarray] = {}

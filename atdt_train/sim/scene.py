@@ -39,17 +39,43 @@ class CameraPose:
         return CameraPose(self.pos + metres * self.xmat[:, 0], self.xmat)
 
 
+GEOM_TYPES = {"sphere": 2, "capsule": 3, "ellipsoid": 4, "cylinder": 5, "box": 6}
+"""MuJoCo's ``mjtGeom`` codes of the builtin shapes streets are made of."""
+POOL_BLOCK = 512
+"""Geom pools grow in blocks of this many geoms."""
+
+
 @dataclass
 class SceneModel:
-    """One compilable scene: MJCF text, its in-memory texture assets and each geom's class."""
+    """One street: the geoms (arrays, one row per geom, each with its class) and the MJCF of
+    the geom pool they are loaded into.
 
-    xml: str
+    The pool model depends only on the domain, image size and pool capacity, so one compiled
+    model (and one GL context) serves every sequence of a run; a new street only rewrites the
+    geom arrays of the compiled model.
+    """
+
+    pool_xml: str
     assets: dict[str, bytes]
+    geom_type: np.ndarray
+    geom_pos: np.ndarray
+    geom_size: np.ndarray
+    geom_xmat: np.ndarray
+    geom_rgba: np.ndarray
+    geom_material: list[str]
     geom_class: np.ndarray
     znear: float
     shadows: bool = False
-    context_key: str = ""
-    """Equal keys mean equal assets and visual settings: a GL context can be shared."""
+
+    @property
+    def ngeom(self) -> int:
+        """Number of geoms of the street."""
+        return len(self.geom_class)
+
+    @property
+    def pool_key(self) -> str:
+        """Equal keys mean the same compiled pool model (and GL context) can be reused."""
+        return hashlib.sha1(self.pool_xml.encode()).hexdigest()
 
 
 def camera_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
@@ -80,30 +106,51 @@ def intrinsics(hfov_deg: float, width: int, height: int) -> dict[str, float]:
     return {"fx": fy, "fy": fy, "cx": (width - 1) / 2.0, "cy": (height - 1) / 2.0}
 
 
-class MjcfWriter:
-    """Collects geoms (each with its class) and writes the MJCF of one scene."""
+class StreetGeoms:
+    """Collects the static geoms of a street, each with its AT/DT class."""
 
     def __init__(self) -> None:
-        self.geoms: list[str] = []
+        self.types: list[int] = []
+        self.pos: list[tuple[float, float, float]] = []
+        self.size: list[tuple[float, float, float]] = []
+        self.xmat: list[np.ndarray] = []
+        self.rgba: list[tuple[float, float, float, float]] = []
+        self.material: list[str] = []
         self.classes: list[int] = []
 
     def add(self, cls: str, gtype: str, pos, size, rgba=None, material: str | None = None,
-            yaw: float = 0.0, euler: tuple[float, float, float] | None = None,
+            yaw: float = 0.0, tilt_x: float = 0.0,
             zaxis: tuple[float, float, float] | None = None) -> None:
-        """Add one static geom of the given class (``pos``/``size`` as MuJoCo expects)."""
-        attrs = [f'type="{gtype}"', f'pos="{_fmt(pos)}"', f'size="{_fmt(size)}"']
-        if zaxis is not None:
-            attrs.append(f'zaxis="{_fmt(zaxis)}"')
-        elif euler is not None:
-            attrs.append(f'euler="{_fmt(euler)}"')
-        elif yaw:
-            attrs.append(f'euler="0 0 {yaw:.4f}"')
-        if material:
-            attrs.append(f'material="{material}"')
-        if rgba is not None:
-            attrs.append(f'rgba="{_fmt(rgba)}"')
-        self.geoms.append("<geom " + " ".join(attrs) + "/>")
+        """Add one geom: ``size`` as MuJoCo reads it for ``gtype``; orientation either a yaw
+        (about z) after a tilt about x, or the direction of the geom's own z axis."""
+        self.types.append(GEOM_TYPES[gtype])
+        self.pos.append((float(pos[0]), float(pos[1]), float(pos[2])))
+        full = [float(v) for v in size] + [0.0] * (3 - len(size))
+        self.size.append((full[0], full[1], full[2]))
+        rot = _zaxis_rotation(zaxis) if zaxis is not None else _yaw_tilt(yaw, tilt_x)
+        self.xmat.append(rot.reshape(-1))
+        self.rgba.append(tuple(float(v) for v in rgba) if rgba is not None else (0.5, 0.5, 0.5, 1.0))
+        self.material.append(material or "")
         self.classes.append(CLS[cls])
+
+
+def _yaw_tilt(yaw: float, tilt_x: float) -> np.ndarray:
+    cz, sz, cx, sx = math.cos(yaw), math.sin(yaw), math.cos(tilt_x), math.sin(tilt_x)
+    rz = np.array([[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]])
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]])
+    return rz @ rx
+
+
+def _zaxis_rotation(zaxis) -> np.ndarray:
+    """The smallest rotation taking (0, 0, 1) to ``zaxis`` (as MJCF's ``zaxis`` does)."""
+    a = np.asarray(zaxis, dtype=float)
+    a = a / np.linalg.norm(a)
+    v = np.cross([0.0, 0.0, 1.0], a)
+    c = float(a[2])
+    if np.linalg.norm(v) < 1e-12:
+        return np.eye(3) if c > 0 else np.diag([1.0, -1.0, -1.0])
+    vx = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    return np.eye(3) + vx + vx @ vx / (1.0 + c)
 
 
 def _fmt(values) -> str:
@@ -209,7 +256,8 @@ _MATERIALS = (
 )
 
 
-def _mjcf(preset: DomainPreset, writer: MjcfWriter, width: int, height: int) -> str:
+def pool_mjcf(preset: DomainPreset, capacity: int, width: int, height: int) -> str:
+    """MJCF of a pool of ``capacity`` placeholder geoms, lit and textured as the domain says."""
     look, cam = preset.look, preset.camera
     assets = [
         f'<texture name="sky" type="skybox" builtin="gradient" rgb1="{_fmt(look.sky_zenith_rgb)}" '
@@ -226,6 +274,7 @@ def _mjcf(preset: DomainPreset, writer: MjcfWriter, width: int, height: int) -> 
     sun = np.asarray(look.sun_direction, dtype=float)
     sun = sun / max(np.linalg.norm(sun), 1e-9)
     d, a = look.sun_diffuse, look.ambient
+    pool = "\n    ".join(['<geom type="box" size="1 1 1" pos="0 0 -1000" group="5"/>'] * capacity)
     return f"""<mujoco model="street">
   <compiler angle="radian"/>
   <statistic extent="100" center="0 0 0"/>
@@ -242,7 +291,7 @@ def _mjcf(preset: DomainPreset, writer: MjcfWriter, width: int, height: int) -> 
   <worldbody>
     <light directional="true" dir="{_fmt(sun)}" pos="0 0 100" diffuse="{d} {d} {d}" specular="0.2 0.2 0.2" castshadow="{'true' if look.shadows else 'false'}"/>
     <camera name="left" pos="0 0 1.5" fovy="{fovy_deg(cam.hfov_deg, width, height):.6f}"/>
-    {chr(10).join('    ' + g for g in writer.geoms).strip()}
+    {pool}
   </worldbody>
 </mujoco>
 """
@@ -297,7 +346,7 @@ def build_sequence(preset: DomainPreset, rng: np.random.Generator, width: int, h
     lay = _Layout(road_half=lanes * lw, parking=parking, lane_width=lw, lanes=lanes,
                   sidewalk=sidewalk, x0=-40.0, x1=cam_x[-1] + st.view_distance_m,
                   cam_x=cam_x, cam_y=cam_y)
-    w = MjcfWriter()
+    w = StreetGeoms()
     _road(w, lay, preset)
     for side in (-1, 1):
         _roadside(w, rng, lay, preset, side)
@@ -313,15 +362,24 @@ def build_sequence(preset: DomainPreset, rng: np.random.Generator, width: int, h
     return compose_scene(preset, w, width, height), poses
 
 
-def compose_scene(preset: DomainPreset, writer: MjcfWriter, width: int,
+def compose_scene(preset: DomainPreset, geoms: StreetGeoms, width: int,
                   height: int) -> SceneModel:
-    """The compilable scene of the geoms in ``writer``, lit and textured as the domain says."""
-    xml = _mjcf(preset, writer, width, height)
-    head = xml[: xml.index("<worldbody>")]
-    return SceneModel(xml=xml, assets=domain_textures(preset),
-                      geom_class=np.array(writer.classes, dtype=np.uint8),
-                      znear=preset.camera.znear_m, shadows=preset.look.shadows,
-                      context_key=hashlib.sha1(head.encode()).hexdigest())
+    """The scene of the geoms in ``geoms``, to render at ``width`` x ``height``."""
+    n = len(geoms.classes)
+    capacity = max(POOL_BLOCK, -(-n // POOL_BLOCK) * POOL_BLOCK)
+    return SceneModel(
+        pool_xml=pool_mjcf(preset, capacity, width, height),
+        assets=domain_textures(preset),
+        geom_type=np.array(geoms.types, dtype=np.int32).reshape(n),
+        geom_pos=np.array(geoms.pos, dtype=np.float64).reshape(n, 3),
+        geom_size=np.array(geoms.size, dtype=np.float64).reshape(n, 3),
+        geom_xmat=np.array(geoms.xmat, dtype=np.float64).reshape(n, 9),
+        geom_rgba=np.array(geoms.rgba, dtype=np.float32).reshape(n, 4),
+        geom_material=list(geoms.material),
+        geom_class=np.array(geoms.classes, dtype=np.uint8).reshape(n),
+        znear=preset.camera.znear_m,
+        shadows=preset.look.shadows,
+    )
 
 
 def _edges(lay: _Layout, side: int) -> tuple[float, float]:
@@ -330,7 +388,7 @@ def _edges(lay: _Layout, side: int) -> tuple[float, float]:
     return curb, curb + lay.sidewalk
 
 
-def _road(w: MjcfWriter, lay: _Layout, preset: DomainPreset) -> None:
+def _road(w: StreetGeoms, lay: _Layout, preset: DomainPreset) -> None:
     cx, hx = (lay.x0 + lay.x1) / 2.0, (lay.x1 - lay.x0) / 2.0
     right, _ = _edges(lay, -1)
     left, _ = _edges(lay, 1)
@@ -346,7 +404,7 @@ def _road(w: MjcfWriter, lay: _Layout, preset: DomainPreset) -> None:
         w.add("road", "box", (cx, y, 0.001), (hx, 0.07, 0.001), material=mat, rgba=rgba)
 
 
-def _roadside(w: MjcfWriter, rng: np.random.Generator, lay: _Layout, preset: DomainPreset,
+def _roadside(w: StreetGeoms, rng: np.random.Generator, lay: _Layout, preset: DomainPreset,
               side: int) -> None:
     st = preset.street
     curb, outer = _edges(lay, side)
@@ -399,7 +457,7 @@ def _roadside(w: MjcfWriter, rng: np.random.Generator, lay: _Layout, preset: Dom
         _sign(w, rng, preset, sx, side * (curb + 0.5))
 
 
-def _front(w: MjcfWriter, rng: np.random.Generator, preset: DomainPreset, x: float,
+def _front(w: StreetGeoms, rng: np.random.Generator, preset: DomainPreset, x: float,
            length: float, outer: float, side: int, depth: float, yard_ground: bool) -> None:
     """The frontage between the sidewalk and a facade (or in a gap): wall, fence or hedge."""
     st = preset.street
@@ -428,7 +486,7 @@ def _front(w: MjcfWriter, rng: np.random.Generator, preset: DomainPreset, x: flo
         _tree(w, rng, preset, float(rng.uniform(x, x + length)), side * (outer + depth / 2.0))
 
 
-def _tree(w: MjcfWriter, rng: np.random.Generator, preset: DomainPreset, x: float,
+def _tree(w: StreetGeoms, rng: np.random.Generator, preset: DomainPreset, x: float,
           y: float) -> None:
     h = _u(rng, preset.street.tree_height_m)
     trunk = h * 0.45
@@ -444,7 +502,7 @@ def _tree(w: MjcfWriter, rng: np.random.Generator, preset: DomainPreset, x: floa
               material="leaves", rgba=green)
 
 
-def _lamp(w: MjcfWriter, rng: np.random.Generator, x: float, y: float, side: int) -> None:
+def _lamp(w: StreetGeoms, rng: np.random.Generator, x: float, y: float, side: int) -> None:
     h = float(rng.uniform(6.0, 9.0))
     grey = float(rng.uniform(0.3, 0.6))
     rgba = (grey, grey, grey * 1.05, 1)
@@ -456,7 +514,7 @@ def _lamp(w: MjcfWriter, rng: np.random.Generator, x: float, y: float, side: int
           material="paint")
 
 
-def _sign(w: MjcfWriter, rng: np.random.Generator, preset: DomainPreset, x: float,
+def _sign(w: StreetGeoms, rng: np.random.Generator, preset: DomainPreset, x: float,
           y: float) -> None:
     h = float(rng.uniform(2.0, 3.0))
     w.add("pole", "cylinder", (x, y, h / 2.0), (0.04, h / 2.0), rgba=(0.55, 0.55, 0.58, 1),
@@ -472,10 +530,10 @@ def _sign(w: MjcfWriter, rng: np.random.Generator, preset: DomainPreset, x: floa
               material="paint")
     else:  # diamond
         w.add("traffic_sign", "box", (x - 0.06, y, h + 0.4), (0.02, 0.3, 0.3), rgba=rgba,
-              euler=(math.pi / 4.0, 0.0, 0.0), material="paint")
+              tilt_x=math.pi / 4.0, material="paint")
 
 
-def _car(w: MjcfWriter, rng: np.random.Generator, preset: DomainPreset, x: float, y: float,
+def _car(w: StreetGeoms, rng: np.random.Generator, preset: DomainPreset, x: float, y: float,
          yaw: float, length: float | None = None) -> None:
     kind = rng.random()
     if length is None:
@@ -505,7 +563,7 @@ def _car(w: MjcfWriter, rng: np.random.Generator, preset: DomainPreset, x: float
               zaxis=(-s, c, 0.0), rgba=(0.05, 0.05, 0.05, 1), material="matte")
 
 
-def _vehicles(w: MjcfWriter, rng: np.random.Generator, lay: _Layout,
+def _vehicles(w: StreetGeoms, rng: np.random.Generator, lay: _Layout,
               preset: DomainPreset) -> None:
     st = preset.street
     length = lay.x1 - lay.x0
@@ -540,7 +598,7 @@ def _vehicles(w: MjcfWriter, rng: np.random.Generator, lay: _Layout,
         _car(w, rng, preset, x, y, yaw)
 
 
-def _person(w: MjcfWriter, rng: np.random.Generator, preset: DomainPreset, x: float,
+def _person(w: StreetGeoms, rng: np.random.Generator, preset: DomainPreset, x: float,
             y: float, z0: float) -> None:
     h = float(rng.uniform(1.55, 1.95))
     yaw = float(rng.uniform(-math.pi, math.pi))
@@ -559,7 +617,7 @@ def _person(w: MjcfWriter, rng: np.random.Generator, preset: DomainPreset, x: fl
           rgba=skin, material="matte", yaw=yaw)
 
 
-def _pedestrians(w: MjcfWriter, rng: np.random.Generator, lay: _Layout,
+def _pedestrians(w: StreetGeoms, rng: np.random.Generator, lay: _Layout,
                  preset: DomainPreset) -> None:
     st = preset.street
     length = lay.x1 - lay.x0
