@@ -113,7 +113,7 @@ class StreetGeoms:
         self.types: list[int] = []
         self.pos: list[tuple[float, float, float]] = []
         self.size: list[tuple[float, float, float]] = []
-        self.xmat: list[np.ndarray] = []
+        self.xmat: list[tuple[float, ...]] = []
         self.rgba: list[tuple[float, float, float, float]] = []
         self.material: list[str] = []
         self.classes: list[int] = []
@@ -127,18 +127,17 @@ class StreetGeoms:
         self.pos.append((float(pos[0]), float(pos[1]), float(pos[2])))
         full = [float(v) for v in size] + [0.0] * (3 - len(size))
         self.size.append((full[0], full[1], full[2]))
-        rot = _zaxis_rotation(zaxis) if zaxis is not None else _yaw_tilt(yaw, tilt_x)
-        self.xmat.append(rot.reshape(-1))
+        self.xmat.append(tuple(_zaxis_rotation(zaxis).reshape(-1)) if zaxis is not None
+                         else _yaw_tilt(yaw, tilt_x))
         self.rgba.append(tuple(float(v) for v in rgba) if rgba is not None else (0.5, 0.5, 0.5, 1.0))
         self.material.append(material or "")
         self.classes.append(CLS[cls])
 
 
-def _yaw_tilt(yaw: float, tilt_x: float) -> np.ndarray:
+def _yaw_tilt(yaw: float, tilt_x: float) -> tuple[float, ...]:
+    """Row-major Rz(yaw) @ Rx(tilt_x)."""
     cz, sz, cx, sx = math.cos(yaw), math.sin(yaw), math.cos(tilt_x), math.sin(tilt_x)
-    rz = np.array([[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]])
-    rx = np.array([[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]])
-    return rz @ rx
+    return (cz, -sz * cx, sz * sx, sz, cz * cx, -cz * sx, 0.0, sx, cx)
 
 
 def _zaxis_rotation(zaxis) -> np.ndarray:
