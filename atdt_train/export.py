@@ -141,7 +141,7 @@ def export_pt2(chain: nn.Module, path: Path, input_size: tuple[int, int]) -> Non
     example = torch.zeros(2, 3, *input_size)
     batch = torch.export.Dim("batch", min=1, max=64)
     program = torch.export.export(chain, (example,), dynamic_shapes=({0: batch},))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{os.getpid()}.{path.name}")  # torch wants the .pt2 suffix
     torch.export.save(program, str(tmp))
     os.replace(tmp, path)
 

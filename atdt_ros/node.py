@@ -1,0 +1,436 @@
+"""The ROS 2 perception node ``atdt_perception``: one camera stream in, depth and semantics out.
+
+Both outputs come from one pass of the exported chain (Eq. 4: task 1 = D1(E1(x)), task 2 =
+D2(G(E1(x)))). Real-time by default: the subscription callback drops the newest frame into a
+one-slot mailbox (a frame replaced before it was processed counts as dropped) and a worker
+thread runs inference, so a slow model never builds a backlog. With ``process_all`` every
+frame is queued instead (accuracy mode for bag replay). The camera is subscribed only while
+some output has a subscriber, and each output is computed only for its subscribers.
+
+Start it with ``atdt_perception --ros-args --params-file config/perception.yaml`` or with
+``ros2 launch atdt_ros perception.launch.py`` on a full ROS 2 install.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import (
+    DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data,
+)
+from sensor_msgs.msg import CameraInfo, Image
+
+from atdt_ros.artifact import ArtifactError, load_metadata
+from atdt_ros.backends import BACKENDS, PRECISIONS, BackendUnavailable, open_backend, tensorrt_status
+from atdt_ros.imgproc import InputError, Postprocessor, Preprocessor, array_to_image_fields, image_to_array
+
+NODE_NAME = "atdt_perception"
+QOS_CHOICES: tuple[str, ...] = ("sensor_data", "reliable", "best_effort")
+
+PARAMETERS: dict[str, Any] = {
+    "model_path": "",              # artifact directory written by `atdt_train export`
+    "backend": "auto",             # auto | tensorrt | onnxruntime | torch
+    "device": "cpu",               # cpu | cuda | cuda:N
+    "threads": 0,                  # CPU threads for inference (0: library default)
+    "precision": "fp32",           # fp32 | fp16 (tensorrt) | bf16
+    "build_only": False,           # build/refresh the TensorRT engine cache, then exit
+    "publish_depth": True,         # ~/depth and ~/camera_info
+    "publish_semantic": True,      # ~/semantic
+    "publish_semantic_color": True,  # ~/semantic_color
+    "process_all": False,          # queue every frame instead of keeping only the newest
+    "input_qos": "sensor_data",    # sensor_data | reliable | best_effort
+    "input_depth": 5,              # history depth of the image subscription
+    "output_qos": "reliable",      # reliable | best_effort
+    "output_depth": 2,             # history depth of the output publishers
+    "diagnostics_period": 1.0,     # seconds between /diagnostics messages
+    "error_throttle": 2.0,         # seconds between repeated rejection messages
+}
+
+
+class StartupError(RuntimeError):
+    """The node cannot start: bad parameters, missing/corrupt model, unavailable backend."""
+
+
+def qos_profile(kind: str, depth: int, name: str) -> QoSProfile:
+    """A QoS profile from a parameter value (sensor_data, reliable or best_effort)."""
+    if kind not in QOS_CHOICES:
+        raise StartupError(f"parameter {name}: '{kind}' is not one of {', '.join(QOS_CHOICES)}")
+    if depth < 1:
+        raise StartupError(f"parameter {name} depth must be >= 1, got {depth}")
+    if kind == "sensor_data":
+        profile = QoSProfile(**{k: getattr(qos_profile_sensor_data, k)
+                                for k in ("reliability", "durability", "history")}, depth=depth)
+        return profile
+    reliability = ReliabilityPolicy.RELIABLE if kind == "reliable" else ReliabilityPolicy.BEST_EFFORT
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+class Mailbox:
+    """Frames waiting for inference: one slot (newest wins) or, with keep_all, a FIFO."""
+
+    def __init__(self, keep_all: bool) -> None:
+        self._items: collections.deque = collections.deque()
+        self._cv = threading.Condition()
+        self._keep_all = keep_all
+        self._closed = False
+
+    def put(self, item: Any) -> bool:
+        """Store a frame; returns True when an unprocessed frame was replaced (dropped)."""
+        with self._cv:
+            dropped = bool(self._items) and not self._keep_all
+            if dropped:
+                self._items.clear()
+            self._items.append(item)
+            self._cv.notify()
+            return dropped
+
+    def get(self, timeout: float) -> Any | None:
+        """The next frame, or None after ``timeout`` seconds or once closed."""
+        with self._cv:
+            if not self._items and not self._closed:
+                self._cv.wait(timeout)
+            return self._items.popleft() if self._items and not self._closed else None
+
+    def close(self) -> None:
+        """Wake the worker for shutdown."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+
+@dataclass
+class Counters:
+    """Totals since start and the window since the last diagnostics message."""
+
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0
+    rejected: int = 0
+    window_received: int = 0
+    window_processed: int = 0
+    window_rejected: int = 0
+    last_rejection: str = ""
+
+
+def scale_camera_info(info: CameraInfo, height: int, width: int) -> CameraInfo:
+    """camera_info for an image of (height, width): K, P rows scaled when sizes differ."""
+    out = CameraInfo()
+    out.distortion_model, out.d, out.r = info.distortion_model, info.d, info.r
+    out.binning_x, out.binning_y, out.roi = info.binning_x, info.binning_y, info.roi
+    sx = width / info.width if info.width else 1.0
+    sy = height / info.height if info.height else 1.0
+    k, p = np.array(info.k, dtype=np.float64), np.array(info.p, dtype=np.float64)
+    k[0:3] *= sx
+    k[3:6] *= sy
+    p[0:4] *= sx
+    p[4:8] *= sy
+    out.k, out.p = k.tolist(), p.tolist()
+    out.height, out.width = height, width
+    return out
+
+
+class PerceptionNode(Node):
+    """Depth (32FC1 metres) and semantics (mono8 + rgb8) from one camera, via the Eq. 4 chain."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.p = self._read_parameters()
+        self.metadata = self._load_model()
+        self.backend = self._open_backend()
+        self.build_only = bool(self.p["build_only"])
+        if self.build_only:
+            return
+        inp = self.metadata.input
+        self.pre = Preprocessor(inp.height, inp.width, inp.mean, inp.std)
+        self.post = Postprocessor(self.metadata.depth, self.metadata.classes.ids,
+                                  self.metadata.classes.unlabeled_id, inp.width)
+        self.counters = Counters()
+        self.latencies: collections.deque = collections.deque(maxlen=200)
+        self._lock = threading.Lock()
+        self._camera_info: CameraInfo | None = None
+        self._window_start = time.monotonic()
+
+        self.input_qos = qos_profile(self.p["input_qos"], self.p["input_depth"], "input_qos")
+        out_qos = qos_profile(self.p["output_qos"], self.p["output_depth"], "output_qos")
+        self.pub_depth = self.create_publisher(Image, "~/depth", out_qos)
+        self.pub_info = self.create_publisher(CameraInfo, "~/camera_info", out_qos)
+        self.pub_semantic = self.create_publisher(Image, "~/semantic", out_qos)
+        self.pub_color = self.create_publisher(Image, "~/semantic_color", out_qos)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._publish_class_map()
+
+        self.mailbox = Mailbox(keep_all=bool(self.p["process_all"]))
+        self.sub_image = None
+        self.sub_info = self.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
+                                                 self.input_qos)
+        self.create_timer(0.2, self._update_subscription)
+        self.create_timer(float(self.p["diagnostics_period"]), self._publish_diagnostics)
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name="atdt_inference", daemon=True)
+        self._worker.start()
+        self._update_subscription()
+        self.get_logger().info(
+            f"ready: model {self.p['model_path']} ({self.metadata.direction}, input "
+            f"{inp.width}x{inp.height}), backend {self.backend.name} on {self.backend.device}; "
+            f"{'processing every frame' if self.p['process_all'] else 'newest frame only'}")
+
+    # ---- start-up -------------------------------------------------------------------------
+    def _read_parameters(self) -> dict[str, Any]:
+        values = {}
+        for name, default in PARAMETERS.items():
+            try:
+                values[name] = self.declare_parameter(name, default).value
+            except Exception as exc:  # wrong type in the params file
+                raise StartupError(f"parameter {name}: {exc} (expected "
+                                   f"{type(default).__name__}, default {default!r})") from exc
+        unknown = sorted(set(self._parameter_overrides) - set(self._parameters))
+        if unknown:
+            raise StartupError(f"unknown parameter(s) {', '.join(unknown)} for {NODE_NAME} "
+                               f"(accepted: {', '.join(PARAMETERS)})")
+        if values["backend"] not in ("auto",) + BACKENDS:
+            raise StartupError(f"parameter backend: '{values['backend']}' is not one of auto, "
+                               f"{', '.join(BACKENDS)}")
+        if values["precision"] not in PRECISIONS:
+            raise StartupError(f"parameter precision: '{values['precision']}' is not one of "
+                               f"{', '.join(PRECISIONS)}")
+        if values["threads"] < 0 or values["diagnostics_period"] <= 0:
+            raise StartupError("parameters threads must be >= 0 and diagnostics_period > 0")
+        if not values["model_path"]:
+            raise StartupError("parameter model_path is empty: set it to a directory written "
+                               "by `atdt_train export`")
+        return values
+
+    def _load_model(self):
+        from atdt_ros import classmap
+
+        try:
+            metadata = load_metadata(self.p["model_path"])
+        except ArtifactError as exc:
+            raise StartupError(f"cannot load model: {exc}") from exc
+        cls = metadata.classes
+        ours = (tuple(c.id for c in classmap.CLASSES), tuple(c.name for c in classmap.CLASSES),
+                tuple(c.color for c in classmap.CLASSES), classmap.UNLABELED)
+        if (cls.ids, cls.names, cls.colors, cls.unlabeled_id) != ours:
+            raise StartupError(f"incompatible model {self.p['model_path']}: its class map "
+                               f"({len(cls.ids)} classes: {', '.join(cls.names)}) differs from "
+                               f"this node's atdt_ros.classmap ({', '.join(ours[1])})")
+        return metadata
+
+    def _open_backend(self):
+        name = self.p["backend"]
+        try:
+            backend = open_backend(self.p["model_path"], name, self.p["device"],
+                                   int(self.p["threads"]), self.p["precision"],
+                                   build_only=bool(self.p["build_only"]), metadata=self.metadata)
+        except (BackendUnavailable, ArtifactError) as exc:
+            raise StartupError(f"backend {name}: {exc}") from exc
+        if name == "auto":
+            why = "" if backend.name == "tensorrt" else f"; tensorrt: {tensorrt_status()[1]}"
+            self.get_logger().info(f"backend auto chose {backend.name} on {backend.device}{why}")
+        return backend
+
+    def _publish_class_map(self) -> None:
+        from atdt_ros.classmap import SemanticClass
+        from atdt_ros.classmap_msg import classmap_message
+
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        cls = self.metadata.classes
+        msg = classmap_message(
+            stamp=self.get_clock().now().to_msg(), unlabeled=cls.unlabeled_id,
+            classes=[SemanticClass(i, n, tuple(c)) for i, n, c in zip(cls.ids, cls.names, cls.colors)])
+        self.pub_class_map = self.create_publisher(type(msg), "~/class_map", latched)
+        self.pub_class_map.publish(msg)
+
+    # ---- subscriptions --------------------------------------------------------------------
+    def _wanted(self) -> tuple[bool, bool, bool]:
+        """Which outputs (depth, semantic, colour) are enabled and have subscribers."""
+        depth = self.p["publish_depth"] and (self.pub_depth.get_subscription_count() > 0
+                                             or self.pub_info.get_subscription_count() > 0)
+        semantic = self.p["publish_semantic"] and self.pub_semantic.get_subscription_count() > 0
+        color = self.p["publish_semantic_color"] and self.pub_color.get_subscription_count() > 0
+        return bool(depth), bool(semantic), bool(color)
+
+    def _update_subscription(self) -> None:
+        """Subscribe to the camera only while some output has a subscriber."""
+        active = any(self._wanted())
+        if active and self.sub_image is None:
+            self.sub_image = self.create_subscription(Image, "image", self._on_image,
+                                                      self.input_qos)
+            self.get_logger().info(f"subscribed to {self.sub_image.topic_name}")
+        elif not active and self.sub_image is not None:
+            self.destroy_subscription(self.sub_image)
+            self.sub_image = None
+            self.get_logger().info("no subscribers on any output: camera unsubscribed")
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    def _on_image(self, msg: Image) -> None:
+        with self._lock:
+            self.counters.received += 1
+            self.counters.window_received += 1
+        try:
+            image_to_array(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+        except InputError as exc:
+            self._reject(msg, str(exc))
+            return
+        if self.mailbox.put((msg, time.monotonic())):
+            with self._lock:
+                self.counters.dropped += 1
+
+    def _reject(self, msg: Image, why: str) -> None:
+        with self._lock:
+            self.counters.rejected += 1
+            self.counters.window_rejected += 1
+            self.counters.last_rejection = why
+        self.get_logger().error(
+            f"rejected image on {self.sub_image.topic_name if self.sub_image else 'image'} "
+            f"(frame_id '{msg.header.frame_id}'): {why}",
+            throttle_duration_sec=float(self.p["error_throttle"]))
+
+    # ---- inference --------------------------------------------------------------------------
+    def _work(self) -> None:
+        while self._running:
+            item = self.mailbox.get(timeout=0.5)
+            if item is None:
+                continue
+            msg, received = item
+            try:
+                self._process(msg, received)
+            except InputError as exc:
+                self._reject(msg, str(exc))
+            except Exception as exc:  # keep serving; the message says what failed
+                self._reject(msg, f"processing failed: {type(exc).__name__}: {exc}")
+
+    def _process(self, msg: Image, received: float) -> None:
+        want_depth, want_semantic, want_color = self._wanted()
+        if not (want_depth or want_semantic or want_color):
+            return
+        pixels = image_to_array(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+        batch = self.pre(pixels, msg.encoding)
+        out = self.backend.infer(batch)
+        height, width = msg.height, msg.width
+        if want_depth:
+            info = self._camera_info
+            focal = None
+            if info is not None and info.k[0] > 0:
+                focal = info.k[0] * (width / info.width if info.width else 1.0)
+            depth = self.post.depth_metres(out["depth"], height, width, focal)
+            self.pub_depth.publish(self._image(msg, depth, "32FC1"))
+            if info is not None:
+                scaled = scale_camera_info(info, height, width)
+                scaled.header = msg.header
+                self.pub_info.publish(scaled)
+        if want_semantic or want_color:
+            labels = self.post.semantic_ids(out["semantic"], height, width)
+            if want_semantic:
+                self.pub_semantic.publish(self._image(msg, labels, "mono8"))
+            if want_color:
+                self.pub_color.publish(self._image(msg, self.post.semantic_color(labels), "rgb8"))
+        with self._lock:
+            self.counters.processed += 1
+            self.counters.window_processed += 1
+            self.latencies.append(time.monotonic() - received)
+
+    @staticmethod
+    def _image(source: Image, array: np.ndarray, encoding: str) -> Image:
+        out = Image()
+        out.header = source.header
+        out.height, out.width, out.step, data = array_to_image_fields(array, encoding)
+        out.encoding = encoding
+        out.is_bigendian = sys.byteorder == "big" if encoding == "32FC1" else False
+        out.data = data
+        return out
+
+    # ---- diagnostics ------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            c = self.counters
+            span = max(now - self._window_start, 1e-6)
+            in_rate, out_rate = c.window_received / span, c.window_processed / span
+            window_rejected = c.window_rejected
+            c.window_received = c.window_processed = c.window_rejected = 0
+            self._window_start = now
+            lat = np.array(self.latencies, dtype=np.float64) * 1e3
+            totals = (c.received, c.processed, c.dropped, c.rejected, c.last_rejection)
+        p50, p95, pmax = (np.percentile(lat, 50), np.percentile(lat, 95), lat.max()) \
+            if lat.size else (0.0, 0.0, 0.0)
+        status = DiagnosticStatus()
+        status.name = f"{self.get_fully_qualified_name()}: inference"
+        status.hardware_id = self.backend.device
+        if window_rejected:
+            status.level = DiagnosticStatus.WARN
+            status.message = f"{window_rejected} image(s) rejected: {totals[4]}"
+        elif self.sub_image is None:
+            status.level = DiagnosticStatus.OK
+            status.message = "idle: no subscriber on any output"
+        else:
+            status.level = DiagnosticStatus.OK
+            status.message = "running"
+        values = {
+            "backend": self.backend.name, "device": self.backend.device,
+            "precision": self.backend.precision, "model_hash": self.metadata.model_hash[:16],
+            "input_rate_hz": f"{in_rate:.2f}", "processed_rate_hz": f"{out_rate:.2f}",
+            "received": str(totals[0]), "processed": str(totals[1]),
+            "dropped": str(totals[2]), "rejected": str(totals[3]),
+            "latency_p50_ms": f"{p50:.1f}", "latency_p95_ms": f"{p95:.1f}",
+            "latency_max_ms": f"{pmax:.1f}", "last_rejection": totals[4],
+        }
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [status]
+        self.pub_diag.publish(msg)
+
+    def shutdown(self) -> None:
+        """Stop the inference thread."""
+        if getattr(self, "_running", False):
+            self._running = False
+            self.mailbox.close()
+            self._worker.join(timeout=5.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script ``atdt_perception``: run the node until shut down; non-zero on start-up errors."""
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = None
+    try:
+        try:
+            node = PerceptionNode()
+        except StartupError as exc:
+            rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+            print(f"{NODE_NAME}: cannot start: {exc}", file=sys.stderr, flush=True)
+            return 2
+        if node.build_only:
+            where = getattr(node.backend, "engine_path", None)
+            node.get_logger().info(
+                f"build_only: backend {node.backend.name} ready"
+                + (f", engine {where}" if where else " (nothing to build for this backend)"))
+            return 0
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""The perception node in its own process over real DDS (shared memory, conftest's random domain).
+
+Frames in -> depth, camera_info, semantic and colour out with the input header and values equal
+to the exported chain's on the same frame; bad inputs rejected and counted while the node keeps
+going; parameters from the YAML file; the latched class map for a late subscriber; start-up
+errors with a non-zero exit naming the file or backend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import chain_helpers
+
+REPO = Path(__file__).resolve().parents[1]
+NS = "/atdt_test"
+NODE = f"{NS}/atdt_perception"
+
+
+def _params_file(tmp: Path, model: Path, **overrides) -> Path:
+    """The shipped config/perception.yaml with model_path and a few overrides."""
+    params = yaml.safe_load((REPO / "config" / "perception.yaml").read_text())
+    p = params["/**/atdt_perception"]["ros__parameters"]
+    p.update(model_path=str(model), **overrides)
+    path = tmp / "perception.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def _start(params: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "atdt_ros.node", "--ros-args", "-r", f"__ns:={NS}",
+         "--params-file", str(params), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+
+
+class Client:
+    """Test-side node: publishes camera frames, records every output."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, Image
+
+        rclpy.init()
+        self.node = rclpy.create_node("atdt_test_client")
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.got: dict[str, list] = {k: [] for k in
+                                     ("depth", "camera_info", "semantic", "semantic_color", "diag")}
+        self.cv = threading.Condition()
+        self.subs = {}
+        for name, kind in (("depth", Image), ("camera_info", CameraInfo), ("semantic", Image),
+                           ("semantic_color", Image)):
+            self.subs[name] = self.node.create_subscription(
+                kind, f"{NODE}/{name}", lambda m, k=name: self._store(k, m), reliable)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics",
+                                      lambda m: self._store("diag", m), 10)
+        self.pub_image = self.node.create_publisher(Image, f"{NS}/image", reliable)
+        self.pub_info = self.node.create_publisher(CameraInfo, f"{NS}/camera_info", reliable)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _store(self, key: str, msg) -> None:
+        with self.cv:
+            self.got[key].append(msg)
+            self.cv.notify_all()
+
+    def wait(self, predicate, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.cv:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cv.wait(min(left, 0.2))
+        return True
+
+    def wait_for_node_subscription(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.pub_image.get_subscription_count() == 0 or \
+                self.pub_info.get_subscription_count() == 0:
+            assert time.monotonic() < deadline, "the node never subscribed to the image topic"
+            time.sleep(0.05)
+
+    def image(self, pixels: np.ndarray, encoding: str, stamp: tuple[int, int],
+              frame_id: str = "camera_optical", step: int | None = None, data: bytes | None = None):
+        from sensor_msgs.msg import Image
+
+        msg = Image()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+        msg.header.frame_id = frame_id
+        msg.height, msg.width = pixels.shape[:2]
+        row = pixels.shape[1] * (pixels.shape[2] if pixels.ndim == 3 else 1)
+        msg.step = step or row
+        msg.encoding = encoding
+        if data is None:
+            padded = np.zeros((msg.height, msg.step), np.uint8)
+            padded[:, :row] = pixels.reshape(msg.height, row)
+            data = padded.tobytes()
+        msg.data = data
+        return msg
+
+    def diagnostics(self) -> dict[str, str]:
+        with self.cv:
+            last = self.got["diag"][-1]
+        return {kv.key: kv.value for kv in last.status[0].values}
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown()
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> Path:
+    return chain_helpers.exported_chain(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def running(chain, tmp_path_factory):
+    """The node (backend torch, reliable input, from the YAML file) and a connected client."""
+    tmp = tmp_path_factory.mktemp("node")
+    params = _params_file(tmp, chain, backend="torch", input_qos="reliable", input_depth=10,
+                          threads=1, diagnostics_period=0.3, error_throttle=0.1)
+    proc = _start(params)
+    client = Client()
+    try:
+        client.wait_for_node_subscription()
+        yield proc, client, chain
+    finally:
+        client.close()
+        proc.terminate()
+        try:
+            out, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        print(out)
+
+
+def _expected(chain: Path, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Raw depth and uint8 labels of the exported program on one frame."""
+    import torch
+
+    from atdt_ros.artifact import IMAGE_MEAN, IMAGE_STD
+
+    x = (rgb.astype(np.float32) / 255.0 - np.float32(IMAGE_MEAN)) / np.float32(IMAGE_STD)
+    x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))
+    module = torch.export.load(str(chain / "chain.pt2")).module()
+    with torch.inference_mode():
+        depth, semantic = module(x)
+    return depth[0, 0].numpy().astype(np.float32), semantic[0].numpy().astype(np.uint8)
+
+
+def _image_array(msg) -> np.ndarray:
+    dtype = np.float32 if msg.encoding == "32FC1" else np.uint8
+    channels = {"32FC1": 1, "mono8": 1, "rgb8": 3}[msg.encoding]
+    arr = np.frombuffer(bytes(msg.data), dtype=dtype).reshape(msg.height, -1)
+    arr = arr[:, :msg.width * channels]
+    return arr.reshape(msg.height, msg.width, channels) if channels > 1 else arr
+
+
+def _frame(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(8, 16, 3), dtype=np.uint8)
+    return np.kron(small, np.ones((8, 8, 1), np.uint8))  # 64x128, the network input size
+
+
+def test_outputs_equal_the_exported_chain_with_the_input_header(running) -> None:
+    from sensor_msgs.msg import CameraInfo
+
+    from atdt_ros.classmap import colorize
+
+    proc, client, chain = running
+    rgb = _frame(1)
+    info = CameraInfo()
+    info.header.frame_id = "camera_optical"
+    info.width, info.height = 128, 64
+    info.k = [100.0, 0.0, 64.0, 0.0, 100.0, 32.0, 0.0, 0.0, 1.0]
+    info.p = [100.0, 0.0, 64.0, 0.0, 0.0, 100.0, 32.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    client.pub_info.publish(info)
+    time.sleep(0.3)  # camera_info first, so the depth frame carries it
+    client.pub_image.publish(client.image(rgb[:, :, ::-1].copy(), "bgr8", (42, 7)))
+    assert client.wait(lambda: all(client.got[k] for k in
+                                   ("depth", "camera_info", "semantic", "semantic_color"))), \
+        f"outputs missing: { {k: len(v) for k, v in client.got.items()} }"
+    depth_msg, sem_msg = client.got["depth"][-1], client.got["semantic"][-1]
+    color_msg, info_msg = client.got["semantic_color"][-1], client.got["camera_info"][-1]
+    for m in (depth_msg, sem_msg, color_msg, info_msg):
+        assert (m.header.stamp.sec, m.header.stamp.nanosec) == (42, 7)
+        assert m.header.frame_id == "camera_optical"
+    assert (depth_msg.encoding, sem_msg.encoding, color_msg.encoding) == ("32FC1", "mono8", "rgb8")
+    for m in (depth_msg, sem_msg, color_msg):
+        assert (m.height, m.width) == (64, 128)
+    assert list(info_msg.k) == list(info.k) and (info_msg.width, info_msg.height) == (128, 64)
+
+    exp_depth, exp_labels = _expected(chain, rgb)
+    exp_depth[~(exp_depth > 0)] = np.nan  # REP 118: no reading
+    depth = _image_array(depth_msg)
+    assert np.isfinite(exp_depth).mean() > 0.5  # the comparison covers real values
+    # float rounding only (thread count, normalisation order): the artifact's parity tolerance
+    tol = json.loads((chain / "metadata.json").read_text())["parity_tolerance"]
+    np.testing.assert_allclose(depth, exp_depth, rtol=0, atol=tol["depth_max_abs"], equal_nan=True)
+    labels = _image_array(sem_msg)
+    assert (labels == exp_labels).mean() >= 0.999
+    np.testing.assert_array_equal(_image_array(color_msg), colorize(labels))
+
+
+def test_other_resolution_and_padded_rows_come_back_at_input_resolution(running) -> None:
+    import cv2
+
+    proc, client, chain = running
+    rgb = cv2.resize(_frame(2), (256, 128), interpolation=cv2.INTER_NEAREST)  # 2x the input
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    n = len(client.got["semantic"])
+    client.pub_image.publish(client.image(rgba, "rgba8", (43, 0), step=256 * 4 + 12))
+    assert client.wait(lambda: len(client.got["semantic"]) > n and
+                       len(client.got["depth"]) > n)
+    sem, depth = client.got["semantic"][-1], client.got["depth"][-1]
+    assert (sem.height, sem.width, depth.height, depth.width) == (128, 256, 128, 256)
+    small = cv2.resize(rgb, (128, 64), interpolation=cv2.INTER_AREA)
+    exp_depth, exp_labels = _expected(chain, small)
+    labels = _image_array(sem)
+    assert (labels[::2, ::2] == exp_labels).mean() >= 0.999  # nearest: each 2x2 block
+    np.testing.assert_array_equal(labels[::2, ::2], labels[1::2, 1::2])
+    exp_full = cv2.resize(exp_depth, (256, 128), interpolation=cv2.INTER_LINEAR)
+    got = _image_array(depth)
+    both = np.isfinite(got) & (exp_full > 0)
+    assert both.mean() > 0.5
+    np.testing.assert_allclose(got[both], exp_full[both], rtol=0, atol=1e-3)
+
+
+def test_bad_inputs_are_rejected_and_counted_and_the_node_keeps_going(running) -> None:
+    proc, client, chain = running
+    good = _frame(3)
+    bad = [
+        client.image(good, "16UC1", (50, 0)),                                   # encoding
+        client.image(good, "rgb8", (51, 0), data=good.tobytes()[:-5]),          # length
+        client.image(np.zeros((0, 0, 3), np.uint8), "rgb8", (52, 0), step=0),   # zero size
+        client.image(good, "rgb8", (53, 0), step=100, data=bytes(100 * 64)),    # step < row
+    ]
+    for msg in bad:
+        client.pub_image.publish(msg)
+    client.pub_image.publish(client.image(good, "rgb8", (54, 0)))
+    assert client.wait(lambda: any(m.header.stamp.sec == 54 for m in client.got["depth"]))
+    assert not any(m.header.stamp.sec in (50, 51, 52, 53) for k in ("depth", "semantic")
+                   for m in client.got[k])
+    assert client.wait(lambda: client.got["diag"] and int(client.diagnostics()["rejected"]) >= 4)
+    diag = client.diagnostics()
+    assert int(diag["rejected"]) == 4
+    assert proc.poll() is None
+
+
+def test_parameters_come_from_the_yaml_file(running) -> None:
+    proc, client, chain = running
+    assert client.wait(lambda: len(client.got["diag"]) >= 2)
+    diag = client.diagnostics()
+    assert diag["backend"] == "torch"          # YAML says torch; auto would pick onnxruntime
+    assert diag["model_hash"] == json.loads((chain / "metadata.json").read_text())["model_hash"][:16]
+    with client.cv:
+        stamps = [m.header.stamp for m in client.got["diag"][-3:]]
+    gaps = [(b.sec + b.nanosec * 1e-9) - (a.sec + a.nanosec * 1e-9) for a, b in zip(stamps, stamps[1:])]
+    assert all(0.1 < g < 1.0 for g in gaps), gaps  # diagnostics_period 0.3 s, not the default 1 s
+
+
+def test_late_subscriber_receives_the_latched_class_map(running) -> None:
+    from atdt_msgs.msg import ClassMap
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    from atdt_ros.classmap import CLASSES, UNLABELED
+
+    proc, client, chain = running
+    received = []
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    client.node.create_subscription(ClassMap, f"{NODE}/class_map",
+                                    lambda m: client._store("class_map", m), qos)
+    client.got["class_map"] = received
+    assert client.wait(lambda: bool(received))
+    assert received[0].unlabeled_id == UNLABELED
+    assert [(c.id, c.name, (c.r, c.g, c.b)) for c in received[0].classes] == \
+        [(c.id, c.name, c.color) for c in CLASSES]
+
+
+def test_newest_frame_is_always_processed_and_stale_ones_are_dropped(running) -> None:
+    proc, client, chain = running
+    frames = [client.image(_frame(10 + i), "rgb8", (100 + i, 0)) for i in range(15)]
+    for msg in frames:
+        client.pub_image.publish(msg)
+    assert client.wait(lambda: any(m.header.stamp.sec == 114 for m in client.got["semantic"]))
+    stamps = [m.header.stamp.sec for m in client.got["semantic"] if 100 <= m.header.stamp.sec < 115]
+    assert stamps == sorted(stamps)  # never out of order
+    time.sleep(0.8)
+    diag = client.diagnostics()
+    assert int(diag["processed"]) + int(diag["dropped"]) + int(diag["rejected"]) \
+        == int(diag["received"])
+
+
+def test_camera_is_unsubscribed_when_no_output_has_subscribers(running) -> None:
+    proc, client, chain = running
+    for name in list(client.subs):
+        client.node.destroy_subscription(client.subs.pop(name))
+    deadline = time.monotonic() + 20
+    while client.pub_image.get_subscription_count() > 0:
+        assert time.monotonic() < deadline, "the node kept its camera subscription"
+        time.sleep(0.05)
+    assert proc.poll() is None
+
+
+def _run_to_exit(params: Path, timeout: float = 60) -> tuple[int, str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "atdt_ros.node", "--ros-args", "--params-file", str(params)],
+        capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_missing_model_stops_with_the_path_in_the_message(tmp_path) -> None:
+    missing = tmp_path / "no_such_chain"
+    code, out = _run_to_exit(_params_file(tmp_path, missing))
+    assert code != 0
+    assert str(missing) in out and "does not exist" in out
+
+
+def test_corrupt_metadata_stops_naming_the_file(tmp_path, chain) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "metadata.json").write_text('{"format_version": 1, "input": ')
+    code, out = _run_to_exit(_params_file(tmp_path, broken))
+    assert code != 0
+    assert str(broken / "metadata.json") in out and "corrupt" in out
+
+
+def test_unavailable_explicit_backend_stops_naming_it(tmp_path, chain) -> None:
+    code, out = _run_to_exit(_params_file(tmp_path, chain, backend="tensorrt"))
+    assert code != 0
+    assert "backend tensorrt" in out
+    assert "CUDA is not available" in out or "torch-tensorrt" in out
