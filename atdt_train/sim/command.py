@@ -34,7 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "simulate",
         help="render a simulated street domain (RGB, depth, semantics, optional stereo)",
-        description=__doc__.split("\n\n")[0],
+        description="Render a split of a simulated street domain (RGB, exact depth, AT/DT "
+                    "class labels, optional rectified right image) into the dataset layout of "
+                    "docs/architecture.md. Deterministic per seed; re-running fills in missing "
+                    "frames.",
     )
     p.add_argument("--domain", required=True,
                    help="preset name (config/domains/NAME.yaml) or path to a preset YAML")

@@ -7,6 +7,7 @@ anti-aliasing, no lighting), so both are exact per pixel; the background is the 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import numpy as np
 
 from atdt_ros.classmap import CLASS_NAMES, UNLABELED
 from atdt_train.sim.domain import DomainPreset
-from atdt_train.sim.scene import CameraPose, SceneModel
+from atdt_train.sim.scene import POOL_BLOCK, CameraPose, SceneModel
 
 SKY = CLASS_NAMES.index("sky")
 DEPTH_SCALE = 256.0
@@ -38,6 +39,12 @@ class Frame:
 
 
 def _import_mujoco():
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL logs at INFO on import
+    from atdt_train.sim import MUJOCO_IMPORTED_WITHOUT_GL  # noqa: PLC0415
+
+    if MUJOCO_IMPORTED_WITHOUT_GL:
+        raise RuntimeError("mujoco was imported before MUJOCO_GL was set: set MUJOCO_GL=egl "
+                           "(or osmesa) in the environment, or import atdt_train.sim first")
     os.environ.setdefault("MUJOCO_GL", "egl")
     if os.environ["MUJOCO_GL"] == "egl":
         os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
@@ -70,12 +77,12 @@ class StreetRenderer:
         """
         mj = self.mj
         self._gl.make_current()
-        if self.model is None or scene.pool_key != self._pool_key:
-            self._compile_pool(scene)
-        model, data, n = self.model, self.data, scene.ngeom
-        if n > model.ngeom:
-            self._compile_pool(scene)
-            model, data = self.model, self.data
+        n = scene.ngeom
+        if self.model is None or scene.pool_key != self._pool_key or n > self.model.ngeom:
+            same = self.model is not None and scene.pool_key == self._pool_key
+            need = -(-max(n, 1) // POOL_BLOCK) * POOL_BLOCK
+            self._compile_pool(scene, max(need, self.model.ngeom if same else 0))
+        model, data = self.model, self.data
         matid = np.array([self._material_ids[m] for m in scene.geom_material], dtype=np.int32)
         model.geom_type[:n] = scene.geom_type
         model.geom_size[:n] = scene.geom_size
@@ -90,9 +97,9 @@ class StreetRenderer:
         self._geom_pos = scene.geom_pos
         self._geom_rbound = _bounding_radius(scene.geom_type, scene.geom_size)
 
-    def _compile_pool(self, scene: SceneModel) -> None:
+    def _compile_pool(self, scene: SceneModel, capacity: int) -> None:
         mj = self.mj
-        model = mj.MjModel.from_xml_string(scene.pool_xml, scene.assets)
+        model = mj.MjModel.from_xml_string(scene.pool_xml(capacity), scene.assets)
         if model.ngeom < scene.ngeom:
             raise ValueError(f"geom pool holds {model.ngeom} geoms, the scene {scene.ngeom}")
         if model.vis.global_.offwidth < self.width or model.vis.global_.offheight < self.height:
@@ -244,27 +251,46 @@ def _radius2(h: int, w: int) -> np.ndarray:
 
 def apply_lens(rgb: np.ndarray, depth: np.ndarray, preset: DomainPreset,
                rng: np.random.Generator, exposure: float = 1.0) -> np.ndarray:
-    """Haze by distance, then the camera: exposure, colour cast, gamma, vignette, blur, noise."""
+    """Haze by distance, then the camera: exposure, colour cast, vignette, blur, sensor noise
+    and gamma. Deterministic for a given ``rng`` state."""
     import cv2  # noqa: PLC0415
 
     look, lens = preset.look, preset.lens
-    img = rgb.astype(np.float32) * np.float32(1.0 / 255.0)
+    gain = np.asarray(lens.color_cast, dtype=np.float32) * np.float32(exposure)
+    if (look.haze_per_km <= 0.0 and lens.vignette <= 0.0 and np.all(gain == 1.0)
+            and lens.blur_sigma_px <= 0.0 and lens.noise_std <= 0.0 and lens.gamma == 1.0):
+        return rgb  # an ideal camera in clear air
+    h, w = depth.shape
+    img = rgb.astype(np.float32)
+    scale = None  # per pixel (H, W, 1) factor, and (H, W, 3) additive term
+    offset = None
     if look.haze_per_km > 0.0:
         dist = np.where(depth > 0.0, depth, np.float32(1000.0))
-        t = np.exp(np.float32(-look.haze_per_km * 1e-3) * dist)[..., None]
-        img = (img - np.asarray(look.haze_rgb, dtype=np.float32)) * t + np.asarray(
-            look.haze_rgb, dtype=np.float32)
-    gain = np.asarray(lens.color_cast, dtype=np.float32) * np.float32(exposure)
+        scale = np.exp(np.float32(-look.haze_per_km * 1e-3) * dist)[..., None]
+        offset = (1.0 - scale) * (np.asarray(look.haze_rgb, dtype=np.float32) * 255.0)
     if lens.vignette > 0.0:
-        h, w = depth.shape
-        img *= (1.0 - np.float32(lens.vignette / 2.0) * _radius2(h, w)) * gain
-    else:
-        img *= gain
-    if lens.gamma != 1.0:
-        img = cv2.pow(np.clip(img, 0.0, 1.0), 1.0 / lens.gamma)
+        v = 1.0 - np.float32(lens.vignette / 2.0) * _radius2(h, w)
+        scale = v if scale is None else scale * v
+        if offset is not None:
+            offset *= v
+    if scale is not None:
+        img *= scale
+    if offset is not None:
+        img += offset
+    img *= gain
     if lens.blur_sigma_px > 0.0:
         img = cv2.GaussianBlur(img, (0, 0), lens.blur_sigma_px)
-    img *= np.float32(255.0)
     if lens.noise_std > 0.0:
-        img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(lens.noise_std)
-    return np.clip(img + np.float32(0.5), 0.0, 255.0).astype(np.uint8)
+        noise = np.empty_like(img)
+        cv2.setRNGSeed(int(rng.integers(0, 2**31 - 1)))
+        cv2.randn(noise, (0.0, 0.0, 0.0), (lens.noise_std,) * 3)
+        img += noise
+    out = np.clip(img + np.float32(0.5), 0.0, 255.0).astype(np.uint8)
+    if lens.gamma != 1.0:
+        out = cv2.LUT(out, _gamma_lut(lens.gamma))
+    return out
+
+
+def _gamma_lut(gamma: float) -> np.ndarray:
+    x = np.arange(256, dtype=np.float64) / 255.0
+    return np.clip(np.rint(255.0 * x ** (1.0 / gamma)), 0, 255).astype(np.uint8)

@@ -43,6 +43,7 @@ GEOM_TYPES = {"sphere": 2, "capsule": 3, "ellipsoid": 4, "cylinder": 5, "box": 6
 """MuJoCo's ``mjtGeom`` codes of the builtin shapes streets are made of."""
 POOL_BLOCK = 512
 """Geom pools grow in blocks of this many geoms."""
+POOL_MARK = "<!-- geom pool -->"
 
 
 @dataclass
@@ -55,7 +56,7 @@ class SceneModel:
     geom arrays of the compiled model.
     """
 
-    pool_xml: str
+    pool_template: str
     assets: dict[str, bytes]
     geom_type: np.ndarray
     geom_pos: np.ndarray
@@ -74,8 +75,15 @@ class SceneModel:
 
     @property
     def pool_key(self) -> str:
-        """Equal keys mean the same compiled pool model (and GL context) can be reused."""
-        return hashlib.sha1(self.pool_xml.encode()).hexdigest()
+        """Equal keys mean a compiled pool model (and its GL context) can be reused."""
+        return hashlib.sha1(self.pool_template.encode()).hexdigest()
+
+    def pool_xml(self, capacity: int) -> str:
+        """MJCF of the geom pool with room for ``capacity`` geoms."""
+        if capacity < self.ngeom:
+            raise ValueError(f"a pool of {capacity} geoms cannot hold {self.ngeom}")
+        geom = '<geom type="box" size="1 1 1" pos="0 0 -1000" group="5"/>'
+        return self.pool_template.replace(POOL_MARK, "\n    ".join([geom] * capacity))
 
 
 def camera_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
@@ -255,8 +263,9 @@ _MATERIALS = (
 )
 
 
-def pool_mjcf(preset: DomainPreset, capacity: int, width: int, height: int) -> str:
-    """MJCF of a pool of ``capacity`` placeholder geoms, lit and textured as the domain says."""
+def pool_template(preset: DomainPreset, width: int, height: int) -> str:
+    """MJCF of the domain's geom pool (lit and textured as the domain says), with
+    ``POOL_MARK`` where the placeholder geoms go."""
     look, cam = preset.look, preset.camera
     assets = [
         f'<texture name="sky" type="skybox" builtin="gradient" rgb1="{_fmt(look.sky_zenith_rgb)}" '
@@ -273,7 +282,6 @@ def pool_mjcf(preset: DomainPreset, capacity: int, width: int, height: int) -> s
     sun = np.asarray(look.sun_direction, dtype=float)
     sun = sun / max(np.linalg.norm(sun), 1e-9)
     d, a = look.sun_diffuse, look.ambient
-    pool = "\n    ".join(['<geom type="box" size="1 1 1" pos="0 0 -1000" group="5"/>'] * capacity)
     return f"""<mujoco model="street">
   <compiler angle="radian"/>
   <statistic extent="100" center="0 0 0"/>
@@ -290,7 +298,7 @@ def pool_mjcf(preset: DomainPreset, capacity: int, width: int, height: int) -> s
   <worldbody>
     <light directional="true" dir="{_fmt(sun)}" pos="0 0 100" diffuse="{d} {d} {d}" specular="0.2 0.2 0.2" castshadow="{'true' if look.shadows else 'false'}"/>
     <camera name="left" pos="0 0 1.5" fovy="{fovy_deg(cam.hfov_deg, width, height):.6f}"/>
-    {pool}
+    {POOL_MARK}
   </worldbody>
 </mujoco>
 """
@@ -365,9 +373,8 @@ def compose_scene(preset: DomainPreset, geoms: StreetGeoms, width: int,
                   height: int) -> SceneModel:
     """The scene of the geoms in ``geoms``, to render at ``width`` x ``height``."""
     n = len(geoms.classes)
-    capacity = max(POOL_BLOCK, -(-n // POOL_BLOCK) * POOL_BLOCK)
     return SceneModel(
-        pool_xml=pool_mjcf(preset, capacity, width, height),
+        pool_template=pool_template(preset, width, height),
         assets=domain_textures(preset),
         geom_type=np.array(geoms.types, dtype=np.int32).reshape(n),
         geom_pos=np.array(geoms.pos, dtype=np.float64).reshape(n, 3),
