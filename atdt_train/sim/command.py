@@ -10,6 +10,7 @@ Re-running skips frames whose files all exist (every file is written atomically)
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
@@ -227,30 +228,35 @@ def _record_dataset(out: Path, preset: Any, split: str, seed: int, size: tuple[i
     """Create or update ``OUT/dataset.yaml``; refuse to mix domains, seeds or sizes."""
     import yaml  # noqa: PLC0415
 
-    path = out / "dataset.yaml"
-    meta: dict[str, Any] = {}
-    if path.is_file():
-        meta = yaml.safe_load(path.read_text()) or {}
-        if meta.get("kind") != "sim":
-            raise DatasetMismatch(f"{path}: kind is {meta.get('kind')!r}, not 'sim'")
-        if meta.get("domain") != preset.name or meta.get("preset") != preset.to_dict():
-            raise DatasetMismatch(
-                f"{path}: holds domain {meta.get('domain')!r} with a different preset; "
-                f"write domain {preset.name!r} to another --out directory"
-            )
-        old = (meta.get("splits") or {}).get(split)
-        if old and (old.get("seed") != seed or old.get("size") != [size[0], size[1]]):
-            raise DatasetMismatch(
-                f"{path}: split {split!r} was made with seed {old.get('seed')} and size "
-                f"{old.get('size')}; got seed {seed} and size {list(size)} "
-                "(use another --out directory or delete the split)"
-            )
-    meta.update(kind="sim", domain=preset.name, preset=preset.to_dict())
-    splits = dict(meta.get("splits") or {})
-    splits[split] = {"frames": frames, "seed": seed, "size": [size[0], size[1]],
-                     "stereo": bool(stereo or (splits.get(split) or {}).get("stereo", False)),
-                     "camera": camera,
-                     "frames_per_sequence": preset.camera.frames_per_sequence}
-    meta["splits"] = splits
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, yaml.safe_dump(meta, sort_keys=False).encode())
+    # runs of other splits may update the same file concurrently
+    with open(out / ".dataset.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = out / "dataset.yaml"
+        meta: dict[str, Any] = {}
+        if path.is_file():
+            meta = yaml.safe_load(path.read_text()) or {}
+            if meta.get("kind") != "sim":
+                raise DatasetMismatch(f"{path}: kind is {meta.get('kind')!r}, not 'sim'")
+            known = meta.get("domain") is not None or meta.get("preset") is not None
+            if known and (meta.get("domain") != preset.name
+                          or meta.get("preset") != preset.to_dict()):
+                raise DatasetMismatch(
+                    f"{path}: holds domain {meta.get('domain')!r} with a different preset; "
+                    f"write domain {preset.name!r} to another --out directory"
+                )
+            old = (meta.get("splits") or {}).get(split)
+            if old and (old.get("seed") != seed or old.get("size") != [size[0], size[1]]):
+                raise DatasetMismatch(
+                    f"{path}: split {split!r} was made with seed {old.get('seed')} and size "
+                    f"{old.get('size')}; got seed {seed} and size {list(size)} "
+                    "(use another --out directory or delete the split)"
+                )
+        meta.update(kind="sim", domain=preset.name, preset=preset.to_dict())
+        splits = dict(meta.get("splits") or {})
+        splits[split] = {"frames": frames, "seed": seed, "size": [size[0], size[1]],
+                         "stereo": bool(stereo or (splits.get(split) or {}).get("stereo", False)),
+                         "camera": camera,
+                         "frames_per_sequence": preset.camera.frames_per_sequence}
+        meta["splits"] = splits
+        _write_atomic(path, yaml.safe_dump(meta, sort_keys=False).encode())

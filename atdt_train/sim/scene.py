@@ -137,7 +137,7 @@ class StreetGeoms:
         self.size.append((full[0], full[1], full[2]))
         self.xmat.append(tuple(_zaxis_rotation(zaxis).reshape(-1)) if zaxis is not None
                          else _yaw_tilt(yaw, tilt_x))
-        self.rgba.append(tuple(float(v) for v in rgba) if rgba is not None else (0.5, 0.5, 0.5, 1.0))
+        self.rgba.append((0.5, 0.5, 0.5, 1.0) if rgba is None else tuple(float(v) for v in rgba))
         self.material.append(material or "")
         self.classes.append(CLS[cls])
 
@@ -282,13 +282,18 @@ def pool_template(preset: DomainPreset, width: int, height: int) -> str:
     sun = np.asarray(look.sun_direction, dtype=float)
     sun = sun / max(np.linalg.norm(sun), 1e-9)
     d, a = look.sun_diffuse, look.ambient
+    fovy = f"{fovy_deg(cam.hfov_deg, width, height):.6f}"
+    shadow = "true" if look.shadows else "false"
+    shadowsize = 2048 if look.shadows else 0
     return f"""<mujoco model="street">
   <compiler angle="radian"/>
   <statistic extent="100" center="0 0 0"/>
   <visual>
-    <global offwidth="{width}" offheight="{height}" fovy="{fovy_deg(cam.hfov_deg, width, height):.6f}"/>
-    <quality shadowsize="{2048 if look.shadows else 0}" offsamples="0" numslices="10" numstacks="4" numquads="1"/>
-    <map znear="{cam.znear_m / 100.0:.6g}" zfar="{FAR_M / 100.0:.6g}" shadowclip="60" shadowscale="0.8"/>
+    <global offwidth="{width}" offheight="{height}" fovy="{fovy}"/>
+    <quality shadowsize="{shadowsize}" offsamples="0" numslices="10" numstacks="4"
+             numquads="1"/>
+    <map znear="{cam.znear_m / 100.0:.6g}" zfar="{FAR_M / 100.0:.6g}" shadowclip="60"
+         shadowscale="0.8"/>
     <headlight ambient="{a} {a} {a}" diffuse="0.12 0.12 0.12" specular="0 0 0"/>
     <rgba haze="{_fmt(look.sky_horizon_rgb)} 1"/>
   </visual>
@@ -296,8 +301,9 @@ def pool_template(preset: DomainPreset, width: int, height: int) -> str:
     {chr(10).join('    ' + x for x in assets).strip()}
   </asset>
   <worldbody>
-    <light directional="true" dir="{_fmt(sun)}" pos="0 0 100" diffuse="{d} {d} {d}" specular="0.2 0.2 0.2" castshadow="{'true' if look.shadows else 'false'}"/>
-    <camera name="left" pos="0 0 1.5" fovy="{fovy_deg(cam.hfov_deg, width, height):.6f}"/>
+    <light directional="true" dir="{_fmt(sun)}" pos="0 0 100" diffuse="{d} {d} {d}"
+           specular="0.2 0.2 0.2" castshadow="{shadow}"/>
+    <camera name="left" pos="0 0 1.5" fovy="{fovy}"/>
     {POOL_MARK}
   </worldbody>
 </mujoco>
