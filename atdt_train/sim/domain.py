@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -232,8 +231,6 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
         if len(args) == 2 and args[0] is args[1] and out[0] > out[1]:
             raise DomainError(f"{key}: range [lo, hi] needs lo <= hi, got {value!r}")
         return out
-    if isinstance(hint, types.UnionType):  # pragma: no cover - not used by the schema
-        raise DomainError(f"{key}: unsupported type {hint}")
     raise DomainError(f"{key}: unsupported type {hint}")
 
 

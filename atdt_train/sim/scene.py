@@ -65,7 +65,6 @@ class SceneModel:
     geom_rgba: np.ndarray
     geom_material: list[str]
     geom_class: np.ndarray
-    znear: float
     shadows: bool = False
 
     @property
@@ -389,7 +388,6 @@ def compose_scene(preset: DomainPreset, geoms: StreetGeoms, width: int,
         geom_rgba=np.array(geoms.rgba, dtype=np.float32).reshape(n, 4),
         geom_material=list(geoms.material),
         geom_class=np.array(geoms.classes, dtype=np.uint8).reshape(n),
-        znear=preset.camera.znear_m,
         shadows=preset.look.shadows,
     )
 
