@@ -132,6 +132,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; artifacts are read by other users
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()

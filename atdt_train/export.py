@@ -169,29 +169,19 @@ def export_onnx(chain: nn.Module, path: Path, input_size: tuple[int, int]) -> li
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def read_frames(filelist: str | os.PathLike, input_size: tuple[int, int], count: int) -> np.ndarray:
-    """Up to ``count`` frames of a filelist (evenly spaced), resized and normalised, (N,3,H,W)."""
-    import cv2
+def read_frames(dataset: Any, count: int) -> tuple[np.ndarray, float | None]:
+    """Up to ``count`` evenly spaced normalised images (N,3,H,W) of a FrameDataset, and fx."""
     import numpy as np
 
-    from atdt_train.data.filelist import DatasetError, read_filelist
-
-    from atdt_ros.imgproc import Preprocessor
-    from atdt_ros.artifact import IMAGE_MEAN, IMAGE_STD
-
-    frames = read_filelist(filelist)
-    if not frames:
-        raise ExportError(f"filelist {filelist} holds no frames for the parity check")
-    step = max(1, len(frames) // count)
-    chosen = frames[::step][:count]
-    pre = Preprocessor(input_size[0], input_size[1], IMAGE_MEAN, IMAGE_STD)
-    batch = np.empty((len(chosen), 3, *input_size), dtype=np.float32)
-    for i, frame in enumerate(chosen):
-        bgr = cv2.imread(str(frame.rgb), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise DatasetError(f"cannot read image {frame.rgb} (listed in {filelist})")
-        batch[i] = pre(bgr, "bgr8")[0]
-    return batch
+    if len(dataset) == 0:
+        raise ExportError(f"{getattr(dataset, 'source', 'dataset')} holds no frames for the "
+                          f"parity check")
+    step = max(1, len(dataset) // count)
+    indices = list(range(0, len(dataset), step))[:count]
+    samples = [dataset[i] for i in indices]
+    images = np.stack([np.asarray(s["image"], dtype=np.float32) for s in samples])
+    focal = float(samples[0]["focal"]) if "focal" in samples[0] else None
+    return images, focal
 
 
 def export_chain(
@@ -322,6 +312,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="network input HxW (default: the experiment's resolution)")
     p.add_argument("--filelist", default=None,
                    help="frames for the parity check (default: domain B's test list)")
+    p.add_argument("--kind", default=None,
+                   help="dataset kind of --filelist (default: its dataset.yaml)")
     p.add_argument("--parity-frames", type=int, default=8, help="frames checked (default 8)")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp16",
                    help="TensorRT precision (default fp16)")
@@ -337,30 +329,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """The ``export`` command: load the trained networks, export, check parity."""
-    from atdt_train.stages import load_networks
+    from atdt_train.config import load_experiment
+    from atdt_train.data import FrameDataset
+    from atdt_train.stages import load_networks, make_dataset
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    n1, n2, g, info = load_networks(args.experiment)
-    size = args.size or tuple(info["input_size"])
-    filelist = args.filelist or info.get("test_list")
-    if not filelist:
-        raise ExportError("no frames for the parity check: pass --filelist")
-    frames = read_frames(filelist, size, args.parity_frames)
+    path = Path(args.experiment)
+    exp = load_experiment(path / "experiment.yaml" if path.is_dir() else path)
+    n1, n2, g, info = load_networks(exp)
+    size = args.size or (int(info["input_size"][0]), int(info["input_size"][1]))
+    if args.filelist:
+        dataset = FrameDataset(args.filelist, kind=args.kind, size=size)
+        frames_from = str(args.filelist)
+    else:
+        dataset = make_dataset(exp, "B", "test")
+        frames_from = f"domains.B.test ({exp.domains.B.test})"
+    frames, focal = read_frames(dataset, args.parity_frames)
+    if frames.shape[-2:] != tuple(size):
+        raise ExportError(f"parity frames are {frames.shape[-2:]}, the export size is {size}")
     fp32 = TOLERANCES["fp32"]
     tol = ParityTolerance(args.depth_tol if args.depth_tol is not None else fp32.depth_max_abs,
                           args.min_agreement if args.min_agreement is not None
                           else fp32.semantic_min_agreement)
-    d = info.get("depth", {}) or {}
-    depth = DepthSpec("m", float(d.get("min", 0.0)), float(d.get("max", 100.0)),
-                      bool(d.get("focal_normalised", False)), float(d.get("focal_ref", 1.0)),
-                      float(d.get("default_focal", d.get("focal_ref", 1.0))))
-    sources = {name: sha256_file(path) for name, path in (info.get("checkpoints") or {}).items()}
+    d = info.get("depth") or {}
+    focal_ref = d.get("focal_ref")
+    normalised = bool(d.get("focal_normalised")) and focal_ref is not None
+    depth = DepthSpec("m", float(d.get("min_depth", 0.0)), float(d.get("max_depth", 100.0)),
+                      normalised, float(focal_ref or 1.0),
+                      float(focal or focal_ref or 1.0) if normalised else 1.0)
+    sources = {name: sha256_file(p) for name, p in (info.get("checkpoints") or {}).items()}
     try:
         metadata = export_chain(
             n1, n2, g, args.out, direction=info["direction"], input_size=size, frames=frames,
             formats=formats, precision=args.precision, tolerance=tol, depth=depth,
             sources=sources, device=args.device,
-            extra={"experiment": str(args.experiment), "parity_filelist": str(filelist)})
+            extra={"experiment": info.get("name", str(args.experiment)),
+                   "parity_frames_from": frames_from,
+                   "backbone_depth": info.get("backbone_depth"),
+                   "feature_level": info.get("feature_level"), "norm": info.get("norm")})
     except ExportError as exc:
         LOG.error("%s", exc)
         return 1
