@@ -202,3 +202,31 @@ def test_preset_path_and_override(tmp_path):
     _sim(tmp_path / "out", domain=str(path), frames=1)
     meta = yaml.safe_load((tmp_path / "out" / "dataset.yaml").read_text())
     assert meta["domain"] == "tiny"
+
+
+def test_haze_and_vignette_follow_their_formulas():
+    from atdt_train.sim.domain import LensSpec, LookSpec
+    from atdt_train.sim.render import apply_lens, lens_maps
+
+    base = load_domain("synthetic")
+    preset = dataclasses.replace(
+        base, look=dataclasses.replace(base.look, haze_per_km=10.0, haze_rgb=(0.8, 0.6, 0.4)),
+        lens=LensSpec())
+    assert isinstance(preset.look, LookSpec)
+    rgb = np.zeros((4, 6, 3), dtype=np.uint8)
+    depth = np.full((4, 6), 100.0, dtype=np.float32)
+    depth[0, 0] = 0.0  # sky: hazed as if 1 km away
+    out = apply_lens(rgb, lens_maps(depth, preset), preset, np.random.default_rng(0))
+    expected = np.rint(np.array([0.8, 0.6, 0.4]) * 255.0 * (1.0 - math.exp(-1.0)))
+    np.testing.assert_array_equal(out[2, 3], expected)
+    np.testing.assert_array_equal(out[0, 0], np.rint(np.array([0.8, 0.6, 0.4]) * 255.0
+                                                      * (1.0 - math.exp(-10.0))))
+    # a vignette darkens the corners, not the centre; an ideal lens changes nothing
+    vig = dataclasses.replace(base, lens=LensSpec(vignette=0.5))
+    grey = np.full((5, 9, 3), 200, dtype=np.uint8)
+    out = apply_lens(grey, lens_maps(np.ones((5, 9), np.float32), vig), vig,
+                     np.random.default_rng(0))
+    assert out[2, 4, 0] == 200 and out[0, 0, 0] < 180
+    ideal = apply_lens(grey, lens_maps(np.ones((5, 9), np.float32), base), base,
+                       np.random.default_rng(0))
+    assert np.array_equal(ideal, grey)

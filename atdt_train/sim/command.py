@@ -101,7 +101,12 @@ def simulate(domain: str, frames: int, size: tuple[int, int], split: str, seed: 
     from tqdm import tqdm  # noqa: PLC0415
 
     from atdt_train.sim.domain import load_domain  # noqa: PLC0415
-    from atdt_train.sim.render import DEPTH_SCALE, StreetRenderer, apply_lens  # noqa: PLC0415
+    from atdt_train.sim.render import (  # noqa: PLC0415
+        DEPTH_SCALE,
+        StreetRenderer,
+        apply_lens,
+        lens_maps,
+    )
     from atdt_train.sim.scene import build_sequence, intrinsics  # noqa: PLC0415
 
     if split not in SPLIT_CODE:
@@ -152,7 +157,8 @@ def simulate(domain: str, frames: int, size: tuple[int, int], split: str, seed: 
                 semantic, depth = renderer.render_labels(pose)
                 rng = sequence_rng(seed, split, seq, i % k)
                 exposure = float(rng.uniform(*preset.lens.exposure))
-                rgb = apply_lens(renderer.render_rgb(pose), depth, preset, rng, exposure)
+                maps = lens_maps(depth, preset)
+                rgb = apply_lens(renderer.render_rgb(pose), maps, preset, rng, exposure)
                 p = paths(i)
                 images = {
                     p["semantic"]: semantic,
@@ -161,8 +167,8 @@ def simulate(domain: str, frames: int, size: tuple[int, int], split: str, seed: 
                 }
                 if stereo:
                     right = renderer.render_rgb(pose.shifted_right(preset.camera.baseline_m))
-                    # the left depth stands in for haze: the baseline shift is negligible there
-                    images[p["right"]] = apply_lens(right, depth, preset, rng, exposure)
+                    # the left view's haze stands in: the baseline shift is negligible there
+                    images[p["right"]] = apply_lens(right, maps, preset, rng, exposure)
                 pending.append(writer.submit(_save_frame, images))
                 while len(pending) > 2:
                     pending.popleft().result()

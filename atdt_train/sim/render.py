@@ -249,21 +249,15 @@ def _radius2(h: int, w: int) -> np.ndarray:
     return _VIGNETTE_CACHE[(h, w)]
 
 
-def apply_lens(rgb: np.ndarray, depth: np.ndarray, preset: DomainPreset,
-               rng: np.random.Generator, exposure: float = 1.0) -> np.ndarray:
-    """Haze by distance, then the camera: exposure, colour cast, vignette, blur, sensor noise
-    and gamma. Deterministic for a given ``rng`` state."""
-    import cv2  # noqa: PLC0415
+LensMaps = tuple[np.ndarray | None, np.ndarray | None]
+"""Per-pixel factor (H, W, 1) and additive term (H, W, 3) of haze and vignette, or None."""
 
+
+def lens_maps(depth: np.ndarray, preset: DomainPreset) -> LensMaps:
+    """Haze by distance and vignetting of one frame (shared by both views of a stereo pair)."""
     look, lens = preset.look, preset.lens
-    gain = np.asarray(lens.color_cast, dtype=np.float32) * np.float32(exposure)
-    if (look.haze_per_km <= 0.0 and lens.vignette <= 0.0 and np.all(gain == 1.0)
-            and lens.blur_sigma_px <= 0.0 and lens.noise_std <= 0.0 and lens.gamma == 1.0):
-        return rgb  # an ideal camera in clear air
     h, w = depth.shape
-    img = rgb.astype(np.float32)
-    scale = None  # per pixel (H, W, 1) factor, and (H, W, 3) additive term
-    offset = None
+    scale = offset = None
     if look.haze_per_km > 0.0:
         dist = np.where(depth > 0.0, depth, np.float32(1000.0))
         scale = np.exp(np.float32(-look.haze_per_km * 1e-3) * dist)[..., None]
@@ -273,6 +267,22 @@ def apply_lens(rgb: np.ndarray, depth: np.ndarray, preset: DomainPreset,
         scale = v if scale is None else scale * v
         if offset is not None:
             offset *= v
+    return scale, offset
+
+
+def apply_lens(rgb: np.ndarray, maps: LensMaps, preset: DomainPreset,
+               rng: np.random.Generator, exposure: float = 1.0) -> np.ndarray:
+    """Haze and vignette (``maps``), then the camera: exposure, colour cast, blur, sensor
+    noise and gamma. Deterministic for a given ``rng`` state."""
+    import cv2  # noqa: PLC0415
+
+    lens = preset.lens
+    scale, offset = maps
+    gain = np.asarray(lens.color_cast, dtype=np.float32) * np.float32(exposure)
+    if (scale is None and offset is None and np.all(gain == 1.0) and lens.blur_sigma_px <= 0.0
+            and lens.noise_std <= 0.0 and lens.gamma == 1.0):
+        return rgb  # an ideal camera in clear air
+    img = rgb.astype(np.float32)
     if scale is not None:
         img *= scale
     if offset is not None:
