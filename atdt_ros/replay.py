@@ -412,6 +412,7 @@ class ReplayOptions:
     max_depth: float = 80.0
     limit: int | None = None
     figure_rows: int = 4
+    diagnostics_wait: float = 2.5
     model: str | None = None
     params_file: str | None = None
     backend: str | None = None
@@ -689,10 +690,10 @@ class Replay:
                     break
                 self.drain(block_until=time.perf_counter() + 0.1)
         self.drain()
-        if self.link.diagnostics_at:  # let the node's counters catch up with the last frame
-            until = time.perf_counter() + 3.0
-            while self.link.diagnostics_at < (self.last_answer or 0.0) and time.perf_counter() < until:
-                time.sleep(0.05)
+        # the node's /diagnostics (1 Hz by default) should cover the last frame: wait briefly for it
+        until = time.perf_counter() + self.opts.diagnostics_wait
+        while self.link.diagnostics_at <= (self.last_answer or 0.0) and time.perf_counter() < until:
+            time.sleep(0.05)
         for record in self.order:
             if record.answered:
                 self._score(record, final=True)
