@@ -261,7 +261,7 @@ def _record_dataset(out: Path, preset: Any, split: str, seed: int, size: tuple[i
         meta.update(kind="sim", domain=preset.name, preset=preset.to_dict())
         splits = dict(meta.get("splits") or {})
         splits[split] = {"frames": frames, "seed": seed, "size": [size[0], size[1]],
-                         "stereo": bool(stereo or (splits.get(split) or {}).get("stereo", False)),
+                         "stereo": bool(stereo),
                          "camera": camera,
                          "frames_per_sequence": preset.camera.frames_per_sequence}
         meta["splits"] = splits

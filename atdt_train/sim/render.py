@@ -1,8 +1,9 @@
 """Headless MuJoCo rendering of street scenes: RGB, exact depth, AT/DT class labels.
 
-One offscreen EGL context serves all sequences; per sequence the model is compiled once and
-the camera moves along the street. Depth and labels come from the segmentation pass (no
-anti-aliasing, no lighting), so both are exact per pixel; the background is the sky.
+One offscreen EGL context and one compiled geom pool serve a whole run: each sequence's street
+is written into the pool's arrays and the camera moves along it. Depth and labels come from the
+segmentation pass (no anti-aliasing, no lighting), so both are exact per pixel; the background
+is the sky. Haze and lens effects are applied to the RGB afterwards.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,16 +26,6 @@ MAX_DEPTH_M = 255.99
 MIN_GEOM_PX = 0.35
 """Geoms whose bounding sphere projects smaller than this (pixels) are not drawn."""
 VISIBLE_GROUP, HIDDEN_GROUP = 0, 5
-
-
-@dataclass
-class Frame:
-    """One rendered view: RGB uint8 (H,W,3), class ids uint8 (H,W), depth float32 metres (H,W),
-    0 where invalid (sky)."""
-
-    rgb: np.ndarray
-    semantic: np.ndarray
-    depth: np.ndarray
 
 
 def _import_mujoco():

@@ -4,7 +4,8 @@ The street runs along +x (y to the left, z up): road with lanes and optional par
 raised sidewalks, building rows on both sides (with gaps, front walls, fences and hedges),
 trees, street lamps, traffic signs, parked and moving vehicles and pedestrians. Every geom
 carries one of the 11 AT/DT classes, so the renderer maps MuJoCo segmentation ids to labels.
-The camera drives along its lane; the frames of one sequence share one compiled model.
+The camera drives along its lane; the frames of one sequence share one street, and the
+renderer loads each street into one compiled pool of geoms.
 """
 
 from __future__ import annotations
