@@ -32,7 +32,7 @@ from atdt_ros.metrics import DepthMetric, SegmentationMetric
 from .config import Experiment
 from .lit import depth_to_metres
 from .models import TaskNet, TransferNet
-from .stages import (atomic_write_text, configure_threads, e1_stage, is_done, load_task_net,
+from .stages import (adapt_to_machine, atomic_write_text, configure_threads, e1_stage, is_done, load_task_net,
                      load_transfer_net, make_dataset, resolve_focal_ref, stage_dir, training_stages)
 
 log = logging.getLogger(__name__)
@@ -214,6 +214,7 @@ def evaluate_experiment(exp: Experiment) -> dict[str, Any]:
             raise FileNotFoundError(f"stage {needed} is not complete ({stage_dir(exp, needed)}); "
                                     f"run `atdt_train run` or `atdt_train stage {needed}` first")
     configure_threads(exp)
+    adapt_to_machine(exp)
     device = _device(exp)
     focal_ref = resolve_focal_ref(exp)
     nets: dict[str, nn.Module] = {"n2": load_task_net(exp, "n2"), "g": load_transfer_net(exp)}

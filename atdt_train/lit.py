@@ -111,7 +111,9 @@ class _StageModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         opt = self.exp.optimizer
-        optimizer = torch.optim.Adam(self._trainable(), lr=opt.lr, weight_decay=opt.weight_decay)
+        params = self._trainable()
+        fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params)
+        optimizer = torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay, fused=fused or None)
         if opt.schedule == "constant":
             return optimizer
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(self.max_steps))

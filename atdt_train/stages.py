@@ -187,11 +187,36 @@ def configure_threads(exp: Experiment) -> None:
     if exp.trainer.threads > 0:
         torch.set_num_threads(exp.trainer.threads)
         return
-    on_cpu = exp.trainer.accelerator == "cpu" or (exp.trainer.accelerator == "auto" and not torch.cuda.is_available())
-    if not on_cpu:
+    if not on_cpu(exp):
         return
     local = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or (exp.trainer.devices if isinstance(exp.trainer.devices, int) else 1)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+
+
+def on_cpu(exp: Experiment) -> bool:
+    """True when the experiment's networks run on the CPU."""
+    import torch
+
+    return exp.trainer.accelerator == "cpu" or (exp.trainer.accelerator == "auto" and not torch.cuda.is_available())
+
+
+def adapt_to_machine(exp: Experiment) -> None:
+    """Fall back to fp32 where mixed precision would be slow or unsupported on this CPU.
+
+    bf16 convolutions are fast only with oneDNN's bf16 kernels (AVX-512 BF16 / AMX); elsewhere
+    PyTorch uses a slow reference path (measured ~10x slower than fp32 on an AVX2 CPU), and
+    channels_last only pays off together with bf16. fp16 mixed precision needs a GPU.
+    """
+    import torch
+
+    t = exp.trainer
+    if not on_cpu(exp) or t.precision == "32":
+        return
+    if t.precision == "bf16-mixed" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return
+    log.warning("precision %s is %s on this CPU (%s): using 32 and channels_last off", t.precision,
+                "slow" if t.precision == "bf16-mixed" else "unsupported", torch.backends.cpu.get_cpu_capability())
+    t.precision, t.channels_last = "32", False
 
 
 def _quiet_lightning() -> None:
@@ -319,6 +344,7 @@ def train_stage(exp: Experiment, name: str) -> dict[str, Any]:
     folder = stage_dir(exp, name)
     folder.mkdir(parents=True, exist_ok=True)
     configure_threads(exp)
+    adapt_to_machine(exp)
     L.seed_everything(exp.seed, workers=True, verbose=False)
     focal_ref = resolve_focal_ref(exp)
     if task is None:
@@ -371,7 +397,7 @@ def _previous_seconds(folder: Path) -> float:
 
 def _write_done(exp: Experiment, name: str, module: Any, step: int, seconds: float) -> None:
     atomic_torch_save(_weights_record(exp, module), weights_path(exp, name))
-    done = {"stage": name, "steps": step, "seconds": round(seconds, 1),
+    done = {"stage": name, "steps": step, "seconds": round(seconds, 1), "precision": exp.trainer.precision,
             "final_loss": module.last_loss, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write_text(stage_dir(exp, name) / "done.json", json.dumps(done, indent=2) + "\n")
     log.info("stage %s: finished %d steps in %.0f s (final loss %.4f)", name, step, seconds, module.last_loss)
