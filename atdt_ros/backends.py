@@ -63,7 +63,11 @@ def _set_threads(threads: int) -> None:
 
 
 class TorchBackend:
-    """The torch.export program (.pt2) run by PyTorch on CPU or CUDA."""
+    """The torch.export program (.pt2) run by PyTorch on CPU or CUDA.
+
+    ``bf16`` runs it under bf16 autocast with channels-last tensors (about 1.7x faster on CPUs
+    with AVX-512 bf16; its parity against fp32 is recorded by the export as ``pt2_bf16``).
+    """
 
     name = "torch"
 
@@ -71,9 +75,9 @@ class TorchBackend:
                  threads: int = 0, precision: str = "fp32"):
         import torch
 
-        if precision != "fp32":
-            raise BackendUnavailable(f"backend torch runs the exported fp32 program only; "
-                                     f"precision '{precision}' needs backend tensorrt")
+        if precision not in ("fp32", "bf16"):
+            raise BackendUnavailable(f"backend torch runs fp32 or bf16; precision "
+                                     f"'{precision}' needs backend tensorrt")
         path = format_path(directory, metadata, "pt2")
         _set_threads(threads)
         self.device, self.precision = device, precision
@@ -84,15 +88,23 @@ class TorchBackend:
             raise ArtifactError(f"{path} cannot be loaded by torch {torch.__version__}: "
                                 f"{type(exc).__name__}: {exc}") from exc
         self._module = program.module().to(self._device)
+        self._bf16 = precision == "bf16"
+        if self._bf16:
+            self._module = self._module.to(memory_format=torch.channels_last)
         self._torch = torch
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Run the program; CPU outputs are returned without a copy."""
+        """Run the program; fp32 CPU outputs are returned without a copy."""
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self._device, non_blocking=True)
-            out = self._module(x)
-        return {k: v.cpu().numpy() for k, v in _as_dict(out).items()}
+            if self._bf16:
+                with torch.autocast(self._device.type, dtype=torch.bfloat16):
+                    out = _as_dict(self._module(x.contiguous(memory_format=torch.channels_last)))
+                out["depth"] = out["depth"].float()
+            else:
+                out = _as_dict(self._module(x))
+        return {k: v.cpu().numpy() for k, v in out.items()}
 
 
 def _as_dict(out: Any) -> dict[str, Any]:
@@ -290,8 +302,10 @@ def open_backend(directory: str | os.PathLike, name: str = "auto", device: str =
             raise BackendUnavailable(f"no backend can run {directory} on '{device}' "
                                      f"(exported formats: {sorted(metadata.formats)})")
         name = choices[0]
-        if name != "tensorrt" and precision != "fp32":
-            LOG.info("auto: precision %s needs tensorrt; using fp32", precision)
+        if name == "onnxruntime" and precision == "bf16" and "torch" in choices:
+            name = "torch"  # ONNX Runtime runs the fp32 model only; torch runs bf16
+        elif name != "tensorrt" and precision == "fp16":
+            LOG.info("auto: precision fp16 needs tensorrt; using fp32")
             precision = "fp32"
         why = "" if name == "tensorrt" else f" (tensorrt: {tensorrt_status()[1]})"
         LOG.info("backend auto chose %s on %s%s", name, device, why)

@@ -282,6 +282,16 @@ def export_chain(
                             f"{result.semantic_agreement:.5f} (min {tol.semantic_min_agreement})")
         if fmt == "tensorrt":
             metadata.extra["tensorrt_engine"] = str(Path(backend.engine_path).relative_to(out))
+    if "pt2" in formats and torch.backends.mkldnn.is_available():
+        # informational: what the node's `precision: bf16` (torch backend) changes
+        bf16 = open_backend(out, "torch", precision="bf16", metadata=metadata)
+        result = compare(reference, [bf16.infer(frames[i:i + 1]) for i in range(len(frames))])
+        metadata.parity["pt2_bf16"] = {"depth_max_abs": result.depth_max_abs,
+                                       "semantic_agreement": result.semantic_agreement,
+                                       "frames": result.frames, "precision": "bf16",
+                                       "gating": False}
+        LOG.info("parity pt2 under bf16 autocast (informational): depth max |diff| %.3g m, "
+                 "labels agree %.5f", result.depth_max_abs, result.semantic_agreement)
     write_metadata(out, metadata)
     if failures:
         raise ExportError(f"parity check failed for {out}: " + "; ".join(failures))

@@ -62,6 +62,7 @@ def test_exported_formats_match_eager_and_metadata_records_it(chain) -> None:
         assert md.parity[fmt]["depth_max_abs"] <= md.parity_tolerance.depth_max_abs
         assert md.parity[fmt]["semantic_agreement"] >= md.parity_tolerance.semantic_min_agreement
     assert md.parity["pt2"]["depth_max_abs"] == 0.0  # torch.export is exact
+    assert md.parity["pt2_bf16"]["gating"] is False  # recorded for the node's precision bf16
     assert (chain / "chain.onnx.data").is_file()
     assert not [p for p in chain.iterdir() if p.name.startswith(".")]  # no temp files left
 
@@ -76,6 +77,11 @@ def test_exported_formats_match_eager_and_metadata_records_it(chain) -> None:
             out = backend.infer(x[i:i + 1])
             np.testing.assert_allclose(out["depth"], ref_d[i:i + 1], atol=1e-3)
             assert (out["semantic"] == ref_s[i:i + 1]).mean() >= 0.999
+    bf16 = open_backend(chain, "torch", precision="bf16")  # autocast: close, not equal
+    out = bf16.infer(x[:1])
+    assert out["depth"].dtype == np.float32
+    assert np.median(np.abs(out["depth"] - ref_d[:1]) / np.abs(ref_d[:1])) < 0.02
+    assert (out["semantic"] == ref_s[:1]).mean() >= 0.98
 
 
 def test_pt2_has_a_dynamic_batch(chain) -> None:

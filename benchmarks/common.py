@@ -1,0 +1,120 @@
+"""Shared pieces of the benchmarks: a seeded ResNet-18 chain, CPU matmul peak, interleaved timing.
+
+Timings do not depend on what the weights learned, so the benchmarks use freshly initialised
+(seeded) networks of the deployed architecture; pass ``--model DIR`` to time a trained export.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+LOG = logging.getLogger("benchmarks")
+
+
+def seeded_networks(depth: int = 18, seed: int = 0, hidden: int | None = None):
+    """(N1 depth, N2 semantic, G) in eval mode, direction dep2sem, as ``atdt_train run`` builds them."""
+    import torch
+
+    from atdt_train.models import TaskNet, TransferNet
+
+    torch.manual_seed(seed)
+    n1, n2 = TaskNet("depth", depth).eval(), TaskNet("semantic", depth).eval()
+    g = TransferNet(n1.encoder.out_channels, hidden=hidden).eval()
+    return n1, n2, g
+
+
+def exported_chain(out: Path, size: tuple[int, int], formats=("pt2", "onnx")) -> Path:
+    """Export the seeded chain at ``size`` into ``out`` unless it is already there."""
+    from atdt_ros.artifact import ArtifactError, load_metadata
+    from atdt_train.export import export_chain
+
+    try:
+        md = load_metadata(out)
+        if (md.input.height, md.input.width) == size and set(formats) <= set(md.formats):
+            return out
+    except ArtifactError:
+        pass
+    n1, n2, g = seeded_networks()
+    frames = np.random.default_rng(0).normal(size=(2, 3, *size)).astype(np.float32)
+    LOG.info("exporting a seeded chain at %dx%d to %s", size[0], size[1], out)
+    export_chain(n1, n2, g, out, direction="dep2sem", input_size=size, frames=frames,
+                 formats=formats)
+    return out
+
+
+def matmul_peak(dtype_name: str = "float32", n: int = 2048, seconds: float = 2.0) -> float:
+    """GFLOP/s of an n x n matmul in this process's torch thread setting (best of repeats)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def chain_flops(module, x) -> int:
+    """FLOPs of one forward pass (multiply-add = 2), counted by torch's FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        module(x)
+    return counter.get_total_flops()
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Time each function ``rounds`` times, alternating between them so load drifts hit all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def summary(samples: list[float]) -> str:
+    """median / p10 / p90 in milliseconds."""
+    q = np.percentile(np.asarray(samples) * 1e3, [10, 50, 90])
+    return f"median {q[1]:7.1f} ms  (p10 {q[0]:.1f}, p90 {q[2]:.1f}, n={len(samples)})"
+
+
+def median(samples: list[float]) -> float:
+    """Median of the samples."""
+    return statistics.median(samples)
+
+
+def machine() -> str:
+    """One line describing the CPU, cores and library versions."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), load average {load[0]:.1f}/{load[1]:.1f}")

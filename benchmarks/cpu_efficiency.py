@@ -1,0 +1,96 @@
+"""CPU efficiency of the Eq. 4 chain: achieved GFLOP/s against this CPU's matmul peak.
+
+Measures, in one run: the matmul peak (fp32 and bf16, 2048^2), the chain's FLOPs, and the
+chain's time at 192x384 (ResNet-18) under each CPU setting: eager fp32, channels_last, bf16
+autocast, torch.compile (inductor with freezing), the deployed torch.export program (.pt2) and
+ONNX Runtime. Prints a table with GFLOP/s and the fraction of the matching peak.
+
+    nice -n 10 .venv/bin/python benchmarks/cpu_efficiency.py [--size 192x384] [--rounds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="192x384")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--model", default=None, help="exported chain directory (default: a seeded one)")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to build)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import numpy as np
+    import torch
+
+    from atdt_ros.backends import open_backend
+    from atdt_train.export import build_chain
+
+    h, w = (int(v) for v in args.size.split("x"))
+    print(common.machine())
+    peak32, peak16 = common.matmul_peak("float32"), common.matmul_peak("bfloat16")
+    print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
+
+    n1, n2, g = common.seeded_networks()
+    chain = build_chain(n1, n2, g, "dep2sem")
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 3, h, w)).astype(np.float32))
+    flops = common.chain_flops(chain, x)
+    print(f"chain FLOPs at {h}x{w}: {flops / 1e9:.2f} GFLOP")
+
+    model_dir = Path(args.model) if args.model else common.exported_chain(
+        Path(tempfile.gettempdir()) / f"atdt_bench_chain_{h}x{w}", (h, w))
+    xn = x.numpy()
+    pt2 = open_backend(model_dir, "torch")
+    ort = open_backend(model_dir, "onnxruntime")
+
+    cl = build_chain(n1, n2, g, "dep2sem").to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+
+    def eager(m, inp, bf16=False):
+        def run():
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                return m(inp)
+        return run
+
+    variants = {
+        "eager fp32": (eager(chain, x), peak32),
+        "eager fp32 channels_last": (eager(cl, x_cl), peak32),
+        "eager bf16 autocast + channels_last": (eager(cl, x_cl, True), peak16),
+        "torch.export .pt2 (node backend torch)": (lambda: pt2.infer(xn), peak32),
+        "ONNX Runtime (node backend onnxruntime)": (lambda: ort.infer(xn), peak32),
+    }
+    if not args.no_compile:
+        import torch._inductor.config as inductor
+
+        inductor.freezing = True
+        for name, bf16 in (("torch.compile fp32 channels_last", False),
+                           ("torch.compile bf16 + channels_last", True)):
+            compiled = torch.compile(build_chain(n1, n2, g, "dep2sem")
+                                     .to(memory_format=torch.channels_last))
+            print(f"compiling {name} ...", flush=True)
+            fn = eager(compiled, x_cl, bf16)
+            fn()
+            variants[name] = (fn, peak16 if bf16 else peak32)
+    times = common.interleaved({k: v[0] for k, v in variants.items()}, args.rounds)
+    base = common.median(times["eager fp32"])
+    print(f"\n{'setting':42s} {'median ms':>10s} {'GFLOP/s':>8s} {'% peak':>7s} {'vs eager':>8s}")
+    for name, (_, peak) in variants.items():
+        t = common.median(times[name])
+        gflops = flops / t / 1e9
+        print(f"{name:42s} {t * 1e3:10.1f} {gflops:8.0f} {100 * gflops / peak:6.0f}% "
+              f"{base / t:7.2f}x")
+    print("\n% peak: against the fp32 matmul peak, or the bf16 one for bf16 settings")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

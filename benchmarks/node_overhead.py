@@ -1,0 +1,139 @@
+"""Node overhead: publish a frame -> both outputs received, against the bare chain's inference.
+
+Starts ``atdt_perception`` as a subprocess (shared-memory DDS, a random domain), subscribes to
+``~/depth`` and ``~/semantic`` (so the node computes exactly those), and publishes one frame at a
+time, waiting for both outputs. In the same run, interleaved with the node's frames, it times the
+bare chain (the same backend's ``infer`` on the same preprocessed frame) in this process while the
+node idles. Overhead = node latency / bare inference - 1 (target <= 10% at 192x384, ResNet-18).
+
+    nice -n 10 .venv/bin/python benchmarks/node_overhead.py [--size 192x384] [--backend onnxruntime]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "SHM?max_msg_size=4MB&sockets_size=16MB"
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 200)))
+os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
+
+import common  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="192x384", help="network input and camera frame HxW")
+    ap.add_argument("--frames", type=int, default=30)
+    ap.add_argument("--backend", nargs="*", default=["onnxruntime", "torch"])
+    ap.add_argument("--model", default=None, help="exported chain directory (default: a seeded one)")
+    args = ap.parse_args()
+    import numpy as np
+
+    h, w = (int(v) for v in args.size.split("x"))
+    print(common.machine())
+    model = Path(args.model) if args.model else common.exported_chain(
+        Path(tempfile.gettempdir()) / f"atdt_bench_chain_{h}x{w}", (h, w))
+    rng = np.random.default_rng(0)
+    rgb = np.kron(rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8),
+                  np.ones((8, 8, 1), np.uint8))
+    results = {}
+    for backend in args.backend:
+        results[backend] = run_backend(model, backend, rgb, args.frames)
+    print()
+    for backend, (node, bare) in results.items():
+        n, b = common.median(node), common.median(bare)
+        print(f"{backend:12s} node publish->both outputs {common.summary(node)}")
+        print(f"{'':12s} bare chain inference      {common.summary(bare)}")
+        print(f"{'':12s} overhead: {100 * (n / b - 1):+.1f}% of the chain time "
+              f"({(n - b) * 1e3:.1f} ms; target <= 10%)")
+    return 0
+
+
+def run_backend(model: Path, backend: str, rgb, frames: int):
+    """(node latencies, bare inference times) in seconds, interleaved frame by frame."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from atdt_ros.artifact import load_metadata
+    from atdt_ros.backends import open_backend
+    from atdt_ros.imgproc import Preprocessor
+
+    ns = f"/bench_{os.getpid()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atdt_ros.node", "--ros-args", "-r", f"__ns:={ns}",
+         "-p", f"model_path:={model}", "-p", f"backend:={backend}",
+         "-p", "input_qos:=reliable", "-p", "publish_semantic_color:=false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    rclpy.init()
+    node = rclpy.create_node("atdt_bench")
+    qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+    got: dict[str, dict[int, float]] = {"depth": {}, "semantic": {}}
+    cv = threading.Condition()
+
+    def store(kind):
+        def cb(msg):
+            with cv:
+                got[kind][msg.header.stamp.sec] = time.perf_counter()
+                cv.notify_all()
+        return cb
+
+    for kind in got:
+        node.create_subscription(Image, f"{ns}/atdt_perception/{kind}", store(kind), qos)
+    pub = node.create_publisher(Image, f"{ns}/image", qos)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+
+    md = load_metadata(model)
+    bare = open_backend(model, backend)
+    batch = Preprocessor(md.input.height, md.input.width, md.input.mean, md.input.std)(rgb, "rgb8").copy()
+    msg = Image()
+    msg.height, msg.width, msg.encoding, msg.step = rgb.shape[0], rgb.shape[1], "rgb8", rgb.shape[1] * 3
+    msg.header.frame_id = "camera"
+    msg.data = rgb.tobytes()
+    try:
+        deadline = time.monotonic() + 120
+        while pub.get_subscription_count() == 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"node with backend {backend} did not subscribe (exit {proc.poll()})")
+            time.sleep(0.05)
+        node_times, bare_times = [], []
+        for i in range(frames + 3):  # 3 warm-up frames
+            msg.header.stamp.sec = i + 1
+            t = time.perf_counter()
+            pub.publish(msg)
+            with cv:
+                ok = cv.wait_for(lambda: i + 1 in got["depth"] and i + 1 in got["semantic"], 30)
+            if not ok:
+                raise RuntimeError(f"no outputs for frame {i + 1} within 30 s")
+            latency = max(got["depth"][i + 1], got["semantic"][i + 1]) - t
+            time.sleep(0.05)  # let the node finish publishing before timing the bare chain
+            tb = time.perf_counter()
+            bare.infer(batch)
+            bare_t = time.perf_counter() - tb
+            if i >= 3:
+                node_times.append(latency)
+                bare_times.append(bare_t)
+        return node_times, bare_times
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown()
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
