@@ -243,7 +243,7 @@ def _make_trainer(exp: Experiment, name: str, max_steps: int, extra_callbacks: l
 
     _quiet_lightning()
     folder = stage_dir(exp, name)
-    loggers = [CSVLogger(str(folder), name="logs", version=0)]
+    loggers = [CSVLogger(str(folder), name="logs")]  # a new version_N per (re)start keeps old logs
     if exp.trainer.tensorboard:
         loggers.append(TensorBoardLogger(str(folder), name="tensorboard", version=0))
     checkpoint = ModelCheckpoint(dirpath=str(folder / "checkpoints"), save_last=True, save_top_k=0,
@@ -336,6 +336,8 @@ def train_stage(exp: Experiment, name: str) -> dict[str, Any]:
 
     # E1 and E2 stay in eval mode on purpose while G trains
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # resuming mid-epoch restarts the shuffled loader: harmless for step-based training
+    warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
 
     if is_done(exp, name):
         log.info("stage %s: done already (%s), skipped", name, stage_dir(exp, name))

@@ -1,0 +1,283 @@
+"""The AT/DT stages end to end on tiny domains written in the simulator's layout.
+
+The frames are drawn directly (sky, road plane with depth growing to the horizon, a building and
+a car), so the tests need no renderer; domain B has other colours and another camera.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from atdt_train.cli import main
+from atdt_train.config import ConfigError, experiment_from_dict, load_experiment
+
+PALETTES = {
+    "A": {0: (90, 90, 90), 1: (200, 200, 160), 7: (20, 40, 200), 9: (150, 60, 40), 10: (120, 180, 250)},
+    "B": {0: (60, 70, 60), 1: (140, 130, 120), 7: (160, 30, 30), 9: (110, 110, 120), 10: (200, 200, 200)},
+}
+H, W = 32, 64
+
+
+def write_domain(root: Path, domain: str, frames: int = 6) -> dict[str, str]:
+    """Train and test splits of a tiny domain in the ``atdt_train simulate`` layout."""
+    fx = W * (0.8 if domain == "A" else 1.1)
+    rng = np.random.default_rng(ord(domain))
+    lists = {}
+    for split in ("train", "test"):
+        base = root / split
+        for sub in ("rgb", "semantic", "depth"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        (base / "camera.json").write_text(json.dumps({"fx": fx, "fy": fx, "cx": W / 2, "cy": H / 2,
+                                                      "width": W, "height": H, "baseline": 0.5}))
+        lines = []
+        for i in range(frames):
+            horizon = int(H * rng.uniform(0.35, 0.5))
+            sem = np.full((H, W), 10, np.uint8)  # sky: no depth
+            depth = np.zeros((H, W), np.float32)
+            rows = np.arange(horizon, H)
+            sem[horizon:] = 0
+            depth[horizon:] = np.clip(1.5 * fx / (rows - horizon + 1) / (W / 64), 1.0, 70.0)[:, None]
+            sem[horizon:, : int(W * rng.uniform(0.1, 0.3))] = 1
+            b0, b1 = sorted(rng.integers(0, W, 2))
+            top = max(1, horizon - int(H * rng.uniform(0.1, 0.3)))
+            sem[top:horizon, b0:b1 + 1] = 9
+            depth[top:horizon, b0:b1 + 1] = 40.0
+            c0, c_top = int(rng.integers(0, W - W // 4)), horizon + H // 10
+            sem[c_top:c_top + H // 6, c0:c0 + W // 5] = 7
+            depth[c_top:c_top + H // 6, c0:c0 + W // 5] = 6.0
+            rgb = np.zeros((H, W, 3), np.uint8)
+            for cls, colour in PALETTES[domain].items():
+                rgb[sem == cls] = colour
+            rgb = np.clip(rgb.astype(np.int16) + rng.integers(-12, 13, rgb.shape), 0, 255).astype(np.uint8)
+            name = f"{i:06d}.png"
+            cv2.imwrite(str(base / "rgb" / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(base / "semantic" / name), sem)
+            cv2.imwrite(str(base / "depth" / name), np.round(depth * 256).astype(np.uint16))
+            lines.append(f"{split}/rgb/{name};;{split}/semantic/{name};{split}/depth/{name}")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+        lists[split] = str(root / f"{split}.txt")
+    (root / "dataset.yaml").write_text(f"kind: sim\ndomain: {domain}\n")
+    return lists
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory) -> dict[str, dict[str, str]]:
+    root = tmp_path_factory.mktemp("domains")
+    return {d: write_domain(root / d, d) for d in ("A", "B")}
+
+
+def experiment(domains, out: Path, direction: str = "dep2sem", steps: int = 2, **sections) -> dict:
+    """A tiny experiment as plain data; ``sections`` update its sub-mappings."""
+    exp = {
+        "name": f"tiny_{direction}",
+        "out_dir": str(out),
+        "direction": direction,
+        "domains": {d: {"train": domains[d]["train"], "test": domains[d]["test"], "kind": "sim"} for d in "AB"},
+        "model": {"depth": 18, "feature_level": 4, "norm": "batch", "transfer_hidden": 32},
+        "data": {"height": H, "width": W, "batch_size": 2, "num_workers": 0},
+        "steps": {"n1": steps, "n2": steps, "g": steps, "oracle": steps},
+        "optimizer": {"lr": 1e-3},
+        "trainer": {"accelerator": "cpu", "devices": 1, "threads": 1, "checkpoint_every": 100,
+                    "log_every": 1, "progress_bar": False},
+        "evaluation": {"batch_size": 6, "adabn_batches": 1, "figure_samples": 2},
+    }
+    for key, value in sections.items():
+        exp[key] = {**exp.get(key, {}), **value} if isinstance(value, dict) else value
+    return exp
+
+
+def write_yaml(path: Path, data: dict) -> str:
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def dep2sem_run(domains, tmp_path_factory):
+    """One complete Dep->Sem run through ``atdt_train run`` (2 steps per stage)."""
+    root = tmp_path_factory.mktemp("dep2sem")
+    path = write_yaml(root / "exp.yaml", experiment(domains, root / "out"))
+    assert main(["run", path]) == 0
+    return load_experiment(path)
+
+
+def test_config_errors_name_the_key(domains, tmp_path):
+    good = experiment(domains, tmp_path / "out")
+    cases = [
+        ({"model": {"depth": 19}}, "model.depth: expected one of 18, 34, 50"),
+        ({"model": {"dpeth": 18}}, "model.dpeth: unknown key"),
+        ({"data": {"batch_size": "8"}}, "data.batch_size: expected int"),
+        ({"trainer": {"precision": "64"}}, "trainer.precision"),
+        ({"shared": "yes"}, "shared: expected bool"),
+        ({"data": {"height": 30}}, "multiples of 16"),
+        ({"direction": "sem2sem"}, "direction"),
+    ]
+    for change, message in cases:
+        bad = {**good, **{k: {**good[k], **v} if isinstance(v, dict) else v for k, v in change.items()}}
+        with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+            experiment_from_dict(bad)
+    del good["domains"]["B"]["test"]
+    with pytest.raises(ConfigError, match=r"domains\.B\.test: missing required key"):
+        experiment_from_dict(good)
+    path = write_yaml(tmp_path / "bad.yaml", {**experiment(domains, tmp_path), "steps": {"n3": 1}})
+    with pytest.raises(ConfigError, match=r"bad\.yaml: steps\.n3: unknown key"):
+        load_experiment(path)
+    assert experiment_from_dict(experiment(domains, tmp_path), ["steps.g=7"]).steps.g == 7
+    for shipped in sorted(Path(__file__).parent.parent.glob("config/experiments/*.yaml")):
+        load_experiment(shipped)  # every shipped experiment follows the schema
+
+
+def test_run_writes_results_report_and_figures(dep2sem_run):
+    out = dep2sem_run.output_dir
+    results = json.loads((out / "results.json").read_text())
+    assert results["task1"] == "depth" and results["task2"] == "semantic"
+    for domain in ("A", "B"):
+        rows = results["domains"][domain]["task2"]
+        assert list(rows) == ["baseline", "baseline_adabn", "atdt", "atdt_adabn", "oracle"]
+        for metrics in rows.values():
+            assert len(metrics["iou"]) == 11 and 0.0 <= metrics["accuracy"] <= 1.0
+            assert metrics["pixels"] == 6 * H * W  # every pixel of the tiny domains is labelled
+        assert set(results["domains"][domain]["task1"]) >= {"abs_rel", "delta1"}
+        png = cv2.imread(str(out / f"figure_{domain}.png"))
+        assert png is not None and png.shape[0] > 50
+    report = (out / "report.md").read_text()
+    for row in ("| Baseline |", "| Baseline+AdaBN |", "| AT/DT |", "| AT/DT+AdaBN |", "| Oracle |", "mIoU", "Tr. Signs"):
+        assert row in report
+    for stage in ("n1", "n2", "g", "oracle"):
+        assert json.loads((out / "stages" / stage / "done.json").read_text())["steps"] == 2
+
+
+def test_finished_stages_are_skipped_and_networks_load(dep2sem_run, caplog):
+    from atdt_train.stages import load_networks, train_stage
+
+    before = (dep2sem_run.output_dir / "stages" / "n1" / "weights.pt").stat().st_mtime_ns
+    with caplog.at_level(logging.INFO):
+        for stage in ("n1", "n2", "g", "oracle"):
+            train_stage(dep2sem_run, stage)
+    assert caplog.text.count("skipped") == 4
+    assert (dep2sem_run.output_dir / "stages" / "n1" / "weights.pt").stat().st_mtime_ns == before
+    n1, n2, g, info = load_networks(dep2sem_run.output_dir)  # from the experiment's output folder
+    assert info["task1"] == "depth" and info["input_size"] == [H, W]
+    assert Path(info["checkpoints"]["g"]).is_file()
+    x = torch.randn(1, 3, H, W)
+    with torch.no_grad():
+        semantic = n2.decoder(g(n1.encoder(x)), (H, W))  # Eq. 4
+    assert semantic.shape == (1, 11, H, W) and n1(x).shape == (1, 1, H, W)
+
+
+def test_frozen_encoders_stay_frozen_while_g_trains(dep2sem_run):
+    import lightning as L
+
+    from atdt_train.lit import TransferModule
+    from atdt_train.stages import load_task_net, train_loader
+
+    e1 = load_task_net(dep2sem_run, "n1").encoder
+    e2 = load_task_net(dep2sem_run, "n2").encoder
+    before = {k: v.clone() for k, v in {**{f"e1.{k}": v for k, v in e1.state_dict().items()},
+                                        **{f"e2.{k}": v for k, v in e2.state_dict().items()}}.items()}
+    module = TransferModule(dep2sem_run, e1, e2, max_steps=3)
+    g_before = {k: v.clone() for k, v in module.g.state_dict().items()}
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=train_loader(dep2sem_run, ("A",)))
+    after = {**{f"e1.{k}": v for k, v in e1.state_dict().items()}, **{f"e2.{k}": v for k, v in e2.state_dict().items()}}
+    assert before.keys() == after.keys()
+    for key, value in before.items():  # weights and batch-norm statistics, bit for bit
+        assert torch.equal(value, after[key]), key
+    assert not e1.training and not e2.training
+    assert any(not torch.equal(v, module.g.state_dict()[k]) for k, v in g_before.items())
+
+
+def _logged_steps(stage_folder: Path, version: int) -> list[int]:
+    with open(stage_folder / "logs" / f"version_{version}" / "metrics.csv") as fh:
+        return [int(row["step"]) for row in csv.DictReader(fh) if row.get("loss")]
+
+
+def test_resumed_stage_continues_from_its_checkpoint(domains, tmp_path, caplog):
+    from atdt_train.stages import stage_dir, train_stage
+
+    data = experiment(domains, tmp_path / "out", steps=2, trainer={"checkpoint_every": 2})
+    exp = experiment_from_dict(data)
+    train_stage(exp, "n2")
+    folder = stage_dir(exp, "n2")
+    ckpt = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2
+    # as if the stage had been killed after its step-2 checkpoint, in a run of 4 steps
+    (folder / "done.json").unlink()
+    (folder / "weights.pt").unlink()
+    exp = experiment_from_dict(data, ["steps.n2=4"])
+    with caplog.at_level(logging.INFO):
+        done = train_stage(exp, "n2")
+    assert "resuming from" in caplog.text
+    assert done["steps"] == 4
+    assert torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)["global_step"] == 4
+    assert min(_logged_steps(folder, 0)) == 0
+    assert min(_logged_steps(folder, 1)) >= 2  # the resumed run trained steps 2..3 only
+
+
+def test_non_finite_loss_stops_the_stage_naming_the_step(domains, tmp_path, caplog):
+    # an absurd learning rate blows the weights up after the first Adam step
+    path = write_yaml(tmp_path / "exp.yaml", experiment(domains, tmp_path / "out", steps=5,
+                                                         optimizer={"lr": 1e38, "schedule": "constant"}))
+    with caplog.at_level(logging.ERROR):
+        assert main(["stage", "n2", path]) == 1
+    assert "non-finite loss" in caplog.text and "at step 1" in caplog.text
+    assert not (tmp_path / "out" / "stages" / "n2" / "done.json").exists()
+
+
+def test_missing_dataset_file_is_reported_by_path(domains, tmp_path, caplog):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "train.txt").write_text("rgb/missing.png;;semantic/missing.png;depth/missing.png\n")
+    data = experiment(domains, tmp_path / "out")
+    data["domains"]["A"] = {"train": str(broken / "train.txt"), "test": str(broken / "train.txt"), "kind": "sim"}
+    with caplog.at_level(logging.ERROR):
+        assert main(["stage", "n2", write_yaml(tmp_path / "exp.yaml", data)]) == 2
+    assert str(broken / "rgb" / "missing.png") in caplog.text
+
+
+def test_sem2dep_with_separate_n1_and_focal_normalised_depth(domains, tmp_path):
+    path = write_yaml(tmp_path / "exp.yaml", experiment(
+        domains, tmp_path / "out", direction="sem2dep", steps=1, shared=False,
+        depth={"focal_normalised": True}, evaluation={"figure_samples": 0, "adabn_batches": 1, "batch_size": 6}))
+    assert main(["run", path]) == 0
+    out = tmp_path / "out"
+    assert {p.name for p in (out / "stages").iterdir()} == {"n1_A", "n1_B", "n2", "g", "oracle"}
+    results = json.loads((out / "results.json").read_text())
+    assert results["focal_ref"] == pytest.approx(W * 0.8)  # fx of A's first training frame
+    rows = results["domains"]["B"]["task2"]
+    assert set(rows) == {"baseline", "baseline_adabn", "atdt", "atdt_adabn", "oracle"}
+    for metrics in rows.values():
+        assert metrics["pixels"] > 0 and metrics["abs_rel"] >= 0 and 0 <= metrics["delta1"] <= 1
+    assert "Abs Rel ↓" in (out / "report.md").read_text()
+
+
+def test_two_process_ddp_trains_and_checkpoints_like_one(domains, tmp_path, dep2sem_run):
+    data = experiment(domains, tmp_path / "out", trainer={"strategy": "ddp", "devices": 2,
+                                                          "checkpoint_every": 2})
+    path = write_yaml(tmp_path / "exp.yaml", data)
+    env = {**os.environ, "MASTER_PORT": str(20000 + os.getpid() % 20000)}
+    proc = subprocess.run([sys.executable, "-m", "atdt_train.cli", "stage", "n2", path], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MEMBER: 2/2" in proc.stderr + proc.stdout  # both processes joined the group
+    folder = tmp_path / "out" / "stages" / "n2"
+    assert json.loads((folder / "done.json").read_text())["steps"] == 2
+    ckpt = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2
+    single = torch.load(dep2sem_run.output_dir / "stages" / "n2" / "weights.pt", weights_only=True)
+    ddp = torch.load(folder / "weights.pt", weights_only=True)
+    assert single["state_dict"].keys() == ddp["state_dict"].keys()
+    assert all(torch.isfinite(v.float()).all() for v in ddp["state_dict"].values())
