@@ -591,7 +591,10 @@ class Replay:
         self.start = time.perf_counter()
         published = 0
         try:
-            for role, _, raw in self.source.messages():
+            last_stamp = None
+            for role, timestamp, raw in self.source.messages():
+                if published >= self.frames and last_stamp is not None and timestamp > last_stamp:
+                    break  # --limit reached and the last frame's ground truth read
                 if role == "camera_info":
                     info = self.deserialize(raw, self.link.CameraInfo)
                     continue
@@ -630,6 +633,7 @@ class Replay:
                 if info is not None and stamp_ns(info.header.stamp) == stamp:
                     info_now = info
                 record.published = self.link.publish(msg, info_now)
+                last_stamp = timestamp
                 record.sends = 1
                 published += 1
                 self.tally.published += 1

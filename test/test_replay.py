@@ -24,20 +24,34 @@ SIZE = (32, 64)  # the tiny domains' native size = the experiment's input size
 NAMESPACE = "/replay_test"
 
 
+def tiny_experiment(root: Path) -> Path:
+    """An experiment file whose domain B test split is six tiny frames in the simulator's layout."""
+    from test_bag import make_sim_dataset
+
+    test_list, _ = make_sim_dataset(root / "data_B", frames=6, height=SIZE[0], width=SIZE[1], seed=5)
+    exp = {
+        "name": "replay_tiny", "direction": "dep2sem", "out_dir": str(root / "run"),
+        "domains": {d: {"train": str(test_list), "test": str(test_list), "kind": "sim"} for d in ("A", "B")},
+        "data": {"height": SIZE[0], "width": SIZE[1], "batch_size": 2, "num_workers": 0},
+        "trainer": {"accelerator": "cpu", "precision": "32"},
+        "evaluation": {"adabn_batches": 0, "figure_samples": 0, "batch_size": 4},
+    }
+    path = root / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """Tiny domains, an experiment on them, seeded networks, their exported chain and a B bag."""
+    """A tiny experiment, seeded networks, their exported chain, a bag of B's test split, the node."""
     import torch
 
-    from atdt_tiny_data import tiny_experiment
     from atdt_train.config import load_experiment
     from atdt_train.export import export_chain
     from chain_helpers import parity_frames, seeded_networks
 
     tmp = tmp_path_factory.mktemp("replay")
-    exp_dict = tiny_experiment(tmp, evaluation={"adabn_batches": 0, "figure_samples": 0, "batch_size": 4})
-    (tmp / "exp.yaml").write_text(yaml.safe_dump(exp_dict))
-    exp = load_experiment(tmp / "exp.yaml")
+    exp = load_experiment(tiny_experiment(tmp))
     assert (exp.data.height, exp.data.width) == SIZE
     n1, n2, g = seeded_networks()
     torch.manual_seed(0)
@@ -142,7 +156,11 @@ def test_malformed_frames_are_counted_and_replay_keeps_going(setup, tmp_path) ->
     assert f["answered"] + f["dropped"] == 6 and 1 <= f["answered"] <= 4
     assert rt["recorded_rate_hz"] == pytest.approx(20.0)
     assert (tmp_path / "rt" / "report.md").is_file()
-    assert setup["node"].poll() is None  # the node survived both runs
+
+    first3 = replay(ReplayOptions(bag=str(bag), out=str(tmp_path / "limit"), mode="accuracy", namespace=NAMESPACE,
+                                  timeout=60, malformed_wait=0.5, limit=3, progress=False))
+    assert (first3["frames"]["published"], first3["frames"]["answered"], first3["frames"]["scored"]) == (3, 2, 2)
+    assert setup["node"].poll() is None  # the node survived every run
 
 
 def test_missing_camera_topic_and_missing_bag_are_named(tmp_path, setup, caplog) -> None:
