@@ -306,5 +306,5 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
         exp = experiment_from_dict(data if data is not None else {}, overrides)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    exp.source = str(path)
+    exp.source = " ".join([str(path), *(f"--set {o}" for o in overrides)])  # as typed, for reports
     return exp

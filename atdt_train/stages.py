@@ -221,11 +221,10 @@ def adapt_to_machine(exp: Experiment) -> None:
 
 def _quiet_lightning() -> None:
     """One log line per message (ours and Lightning's alike), no advertising tips."""
-    lightning_log = logging.getLogger("lightning.pytorch")
-    if logging.getLogger().hasHandlers():
-        for handler in list(lightning_log.handlers):
-            lightning_log.removeHandler(handler)
-        lightning_log.propagate = True
+    if logging.getLogger().handlers:  # the root logger prints: Lightning's own handlers would repeat
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            for handler in list(logging.getLogger(name).handlers):
+                logging.getLogger(name).removeHandler(handler)
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(getattr(f, "atdt", False) for f in rank_zero.filters):
         def no_tips(record: logging.LogRecord) -> bool:
