@@ -157,6 +157,7 @@ class PerceptionNode(Node):
                                   self.metadata.classes.unlabeled_id, inp.width)
         self.counters = Counters()
         self.latencies: collections.deque = collections.deque(maxlen=200)
+        self.inference_times: collections.deque = collections.deque(maxlen=200)
         self._lock = threading.Lock()
         self._camera_info: CameraInfo | None = None
         self._window_start = time.monotonic()
@@ -320,7 +321,9 @@ class PerceptionNode(Node):
             return
         pixels = image_to_array(msg.encoding, msg.height, msg.width, msg.step, msg.data)
         batch = self.pre(pixels, msg.encoding)
+        started = time.monotonic()
         out = self.backend.infer(batch)
+        inference = time.monotonic() - started
         height, width = msg.height, msg.width
         if want_depth:
             info = self._camera_info
@@ -343,6 +346,7 @@ class PerceptionNode(Node):
             self.counters.processed += 1
             self.counters.window_processed += 1
             self.latencies.append(time.monotonic() - received)
+            self.inference_times.append(inference)
 
     @staticmethod
     def _image(source: Image, array: np.ndarray, encoding: str) -> Image:
@@ -365,6 +369,7 @@ class PerceptionNode(Node):
             c.window_received = c.window_processed = c.window_rejected = 0
             self._window_start = now
             lat = np.array(self.latencies, dtype=np.float64) * 1e3
+            inf = np.array(self.inference_times, dtype=np.float64) * 1e3
             totals = (c.received, c.processed, c.dropped, c.rejected, c.last_rejection)
         p50, p95, pmax = (np.percentile(lat, 50), np.percentile(lat, 95), lat.max()) \
             if lat.size else (0.0, 0.0, 0.0)
@@ -387,7 +392,9 @@ class PerceptionNode(Node):
             "received": str(totals[0]), "processed": str(totals[1]),
             "dropped": str(totals[2]), "rejected": str(totals[3]),
             "latency_p50_ms": f"{p50:.1f}", "latency_p95_ms": f"{p95:.1f}",
-            "latency_max_ms": f"{pmax:.1f}", "last_rejection": totals[4],
+            "latency_max_ms": f"{pmax:.1f}",
+            "inference_p50_ms": f"{np.percentile(inf, 50) if inf.size else 0.0:.1f}",
+            "last_rejection": totals[4],
         }
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         msg = DiagnosticArray()

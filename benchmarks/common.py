@@ -64,6 +64,23 @@ def matmul_peak(dtype_name: str = "float32", n: int = 2048, seconds: float = 2.0
     return 2 * n ** 3 / best / 1e9
 
 
+def native_bf16() -> bool:
+    """Whether bf16 matmul beats fp32 here (AVX-512 BF16 / AMX); emulated bf16 is far slower."""
+    return matmul_peak("bfloat16", n=512, seconds=0.5) > matmul_peak("float32", n=512, seconds=0.5)
+
+
+def cpu_flags() -> str:
+    """The CPU's vector extensions that matter here (avx2, avx512*, amx*)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    wanted = sorted(f for f in flags if f.startswith(("avx2", "avx512", "amx", "fma")))
+    return " ".join(wanted) or "none of avx2/avx512/amx"
+
+
 def chain_flops(module, x) -> int:
     """FLOPs of one forward pass (multiply-add = 2), counted by torch's FlopCounterMode."""
     import torch
@@ -90,9 +107,17 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int =
 
 
 def summary(samples: list[float]) -> str:
-    """median / p10 / p90 in milliseconds."""
-    q = np.percentile(np.asarray(samples) * 1e3, [10, 50, 90])
-    return f"median {q[1]:7.1f} ms  (p10 {q[0]:.1f}, p90 {q[2]:.1f}, n={len(samples)})"
+    """min / median / p90 in milliseconds."""
+    q = np.percentile(np.asarray(samples) * 1e3, [50, 90])
+    return f"min {min(samples) * 1e3:7.1f} ms, median {q[0]:7.1f} ms (p90 {q[1]:.1f}, n={len(samples)})"
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` CPU threads in torch (0 keeps its default)."""
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
 
 
 def median(samples: list[float]) -> float:

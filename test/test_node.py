@@ -351,3 +351,17 @@ def test_unavailable_explicit_backend_stops_naming_it(tmp_path, chain) -> None:
     assert code != 0
     assert "backend tensorrt" in out
     assert "CUDA is not available" in out or "torch-tensorrt" in out
+
+
+def test_mailbox_keeps_the_newest_frame_or_every_frame_in_accuracy_mode() -> None:
+    from atdt_ros.node import Mailbox
+
+    newest = Mailbox(keep_all=False)
+    assert [newest.put(i) for i in range(3)] == [False, True, True]  # two frames dropped
+    assert newest.get(0.01) == 2 and newest.get(0.01) is None
+    every = Mailbox(keep_all=True)
+    assert [every.put(i) for i in range(3)] == [False, False, False]
+    assert [every.get(0.01) for _ in range(4)] == [0, 1, 2, None]
+    every.put(5)
+    every.close()
+    assert every.get(0.01) is None  # closed: the worker stops
