@@ -841,7 +841,7 @@ def markdown_report(results: dict[str, Any]) -> str:
 def _node_lines(diag: dict[str, str]) -> list[str]:
     if not diag:
         return []
-    return [f"Node (its last /diagnostics): backend {diag.get('backend', '?')} on {diag.get('device', '?')}, "
+    return [f"Node (its last /diagnostics; counters since it started): backend {diag.get('backend', '?')} on {diag.get('device', '?')}, "
             f"precision {diag.get('precision', '?')}, model {diag.get('model_hash', '?')}; "
             f"received {diag.get('received', '?')}, processed {diag.get('processed', '?')}, "
             f"dropped {diag.get('dropped', '?')}, rejected {diag.get('rejected', '?')}; inference latency "
