@@ -62,6 +62,17 @@ def _set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); else bf16 is emulated, slow."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 class TorchBackend:
     """The torch.export program (.pt2) run by PyTorch on CPU or CUDA.
 
@@ -89,6 +100,9 @@ class TorchBackend:
                                 f"{type(exc).__name__}: {exc}") from exc
         self._module = program.module().to(self._device)
         self._bf16 = precision == "bf16"
+        if self._bf16 and self._device.type == "cpu" and not native_bf16():
+            LOG.warning("precision bf16: this CPU has no native bf16 (AVX-512 BF16 / AMX); "
+                        "emulated bf16 is many times slower than fp32")
         if self._bf16:
             self._module = self._module.to(memory_format=torch.channels_last)
         self._torch = torch

@@ -201,7 +201,7 @@ def export_chain(
     import torch
 
     from atdt_ros import classmap
-    from atdt_ros.backends import open_backend, tensorrt_status
+    from atdt_ros.backends import native_bf16, open_backend, tensorrt_status
 
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
@@ -282,7 +282,7 @@ def export_chain(
                             f"{result.semantic_agreement:.5f} (min {tol.semantic_min_agreement})")
         if fmt == "tensorrt":
             metadata.extra["tensorrt_engine"] = str(Path(backend.engine_path).relative_to(out))
-    if "pt2" in formats and torch.backends.mkldnn.is_available():
+    if "pt2" in formats and native_bf16():
         # informational: what the node's `precision: bf16` (torch backend) changes
         bf16 = open_backend(out, "torch", precision="bf16", metadata=metadata)
         result = compare(reference, [bf16.infer(frames[i:i + 1]) for i in range(len(frames))])

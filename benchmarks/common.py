@@ -64,11 +64,6 @@ def matmul_peak(dtype_name: str = "float32", n: int = 2048, seconds: float = 2.0
     return 2 * n ** 3 / best / 1e9
 
 
-def native_bf16() -> bool:
-    """Whether bf16 matmul beats fp32 here (AVX-512 BF16 / AMX); emulated bf16 is far slower."""
-    return matmul_peak("bfloat16", n=512, seconds=0.5) > matmul_peak("float32", n=512, seconds=0.5)
-
-
 def cpu_flags() -> str:
     """The CPU's vector extensions that matter here (avx2, avx512*, amx*)."""
     try:

@@ -43,7 +43,9 @@ def main() -> int:
     peak16 = common.matmul_peak("bfloat16", n=512)  # small: emulated bf16 is very slow
     print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s "
           f"(CPU flags: {common.cpu_flags()})", flush=True)
-    with_bf16 = peak16 > peak32  # native bf16 (AVX-512 BF16 / AMX); emulated it is far slower
+    from atdt_ros.backends import native_bf16
+
+    with_bf16 = native_bf16()  # AVX-512 BF16 / AMX; emulated bf16 is far slower than fp32
     if not with_bf16:
         print("bf16 settings skipped: this CPU has no native bf16, its bf16 matmul is "
               f"{peak32 / max(peak16, 1e-9):.0f}x slower than fp32", flush=True)

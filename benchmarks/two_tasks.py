@@ -38,7 +38,9 @@ def main() -> int:
     print(common.machine())
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 3, h, w)).astype(np.float32))
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    bf16 = common.native_bf16()  # emulated bf16 is many times slower than fp32: not worth timing
+    from atdt_ros.backends import native_bf16
+
+    bf16 = native_bf16()  # emulated bf16 is many times slower than fp32: not worth timing
     second = "bf16+cl" if bf16 else "fp32+cl"
     print(f"second setting: {second} (native bf16: {bf16}; CPU flags: {common.cpu_flags()})")
     fns, flops = {}, {}
