@@ -365,3 +365,20 @@ def test_mailbox_keeps_the_newest_frame_or_every_frame_in_accuracy_mode() -> Non
     every.put(5)
     every.close()
     assert every.get(0.01) is None  # closed: the worker stops
+
+
+def test_camera_info_is_scaled_to_the_depth_image_size() -> None:
+    from sensor_msgs.msg import CameraInfo
+
+    from atdt_ros.node import scale_camera_info
+
+    info = CameraInfo()
+    info.width, info.height, info.distortion_model = 640, 480, "plumb_bob"
+    info.k = [500.0, 0.0, 320.0, 0.0, 510.0, 240.0, 0.0, 0.0, 1.0]
+    info.p = [500.0, 0.0, 320.0, -25.0, 0.0, 510.0, 240.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    same = scale_camera_info(info, 480, 640)
+    assert list(same.k) == list(info.k) and list(same.p) == list(info.p)
+    half = scale_camera_info(info, 240, 320)
+    assert (half.width, half.height, half.distortion_model) == (320, 240, "plumb_bob")
+    assert list(half.k) == [250.0, 0.0, 160.0, 0.0, 255.0, 120.0, 0.0, 0.0, 1.0]
+    assert list(half.p) == [250.0, 0.0, 160.0, -12.5, 0.0, 255.0, 120.0, 0.0, 0.0, 0.0, 1.0, 0.0]
