@@ -207,6 +207,10 @@ class PerceptionNode(Node):
                                f"{', '.join(PRECISIONS)}")
         if values["threads"] < 0 or values["diagnostics_period"] <= 0:
             raise StartupError("parameters threads must be >= 0 and diagnostics_period > 0")
+        if not (values["publish_depth"] or values["publish_semantic"]
+                or values["publish_semantic_color"]):
+            raise StartupError("parameters publish_depth, publish_semantic and "
+                               "publish_semantic_color are all false: nothing to publish")
         if not values["model_path"]:
             raise StartupError("parameter model_path is empty: set it to a directory written "
                                "by `atdt_train export`")

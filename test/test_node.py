@@ -382,3 +382,9 @@ def test_camera_info_is_scaled_to_the_depth_image_size() -> None:
     assert (half.width, half.height, half.distortion_model) == (320, 240, "plumb_bob")
     assert list(half.k) == [250.0, 0.0, 160.0, 0.0, 255.0, 120.0, 0.0, 0.0, 1.0]
     assert list(half.p) == [250.0, 0.0, 160.0, -12.5, 0.0, 255.0, 120.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+
+def test_unknown_parameter_in_the_yaml_stops_naming_it(tmp_path, chain) -> None:
+    code, out = _run_to_exit(_params_file(tmp_path, chain, input_qos_typo="reliable"))
+    assert code != 0
+    assert "unknown parameter(s) input_qos_typo" in out
