@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from atdt_ros.classmap import TABLE_NAMES, colorize
-from atdt_ros.metrics import DEPTH_METRICS, LOWER_IS_BETTER
+from atdt_ros.metrics import DEPTH_METRICS
 
 METHOD_LABELS: dict[str, str] = {
     "baseline": "Baseline", "baseline_adabn": "Baseline+AdaBN", "atdt": "AT/DT",
