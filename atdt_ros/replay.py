@@ -47,7 +47,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from atdt_ros import classmap
-from atdt_ros.imgproc import CHANNELS, RGB_ORDER, InputError, image_to_array
+from atdt_ros.imgproc import RGB_ORDER, InputError, image_to_array
 from atdt_ros.metrics import DEPTH_METRICS, LOWER_IS_BETTER, DepthMetric, SegmentationMetric
 
 log = logging.getLogger("atdt_replay")
