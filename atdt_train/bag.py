@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from atdt_train.cliargs import parse_size, positive_float, positive_int
+
 log = logging.getLogger(__name__)
 
 IMAGE_TOPIC = "/camera/image_raw"
@@ -63,38 +65,6 @@ class BagSummary:
     width: int
     first_stamp_ns: int
     last_stamp_ns: int
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'HxW' -> (H, W) with positive integers; a clear error otherwise."""
-    parts = text.lower().split("x")
-    try:
-        h, w = (int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW in pixels, e.g. 192x384, got {text!r}") from None
-    if h <= 0 or w <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or not np.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return value
 
 
 def stamp_of(index: int, rate_hz: float, start_ns: int = DEFAULT_START_NS) -> int:
@@ -272,11 +242,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="dataset kind (sim, carla, cityscapes, kitti, synthia); default: dataset.yaml beside the list")
     p.add_argument("--out", required=True, help="bag directory to create (must not exist)")
     p.add_argument("--storage", choices=STORAGES, default="mcap", help="rosbag2 storage plugin (default mcap)")
-    p.add_argument("--rate", type=_positive_float, default=10.0, help="frame rate of the stamps, Hz (default 10)")
+    p.add_argument("--rate", type=positive_float, default=10.0, help="frame rate of the stamps, Hz (default 10)")
     p.add_argument("--size", type=parse_size, default=None,
                    help="resize every frame to HxW (as training/evaluation do); default: native size")
     p.add_argument("--frame-id", default="camera", help="header frame_id (default camera)")
-    p.add_argument("--fx", type=_positive_float, default=None,
+    p.add_argument("--fx", type=positive_float, default=None,
                    help="focal length in pixels at native width, for datasets that give no camera")
-    p.add_argument("--limit", type=_positive_int, default=None, help="write at most this many frames")
+    p.add_argument("--limit", type=positive_int, default=None, help="write at most this many frames")
     p.set_defaults(func=make_bag)

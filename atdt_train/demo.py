@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from atdt_train.cliargs import positive_int
+
 log = logging.getLogger(__name__)
 
 DEFAULT_OUT = "runs/demo"
@@ -267,16 +269,6 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` subcommand."""
     p = subparsers.add_parser("demo", help="the whole job end to end on embedded defaults (make demo)",
@@ -286,8 +278,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"experiment template (default {DEFAULT_EXPERIMENT}); its filelists are replaced")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an experiment setting, e.g. --set steps.n1=100 (repeatable)")
-    p.add_argument("--train-frames", type=_positive_int, default=240, help="training frames per domain (default 240)")
-    p.add_argument("--test-frames", type=_positive_int, default=40, help="test frames per domain (default 40)")
+    p.add_argument("--train-frames", type=positive_int, default=240, help="training frames per domain (default 240)")
+    p.add_argument("--test-frames", type=positive_int, default=40, help="test frames per domain (default 40)")
     p.add_argument("--rate", type=float, default=10.0, help="frame rate of the B bag, Hz (default 10)")
     p.add_argument("--backend", default=None, help="node backend (default: the params file's, auto)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the node (default 120)")

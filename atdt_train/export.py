@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from atdt_train.cliargs import parse_size
 from atdt_ros.artifact import (
     DIRECTIONS, FORMAT_FILES, ClassSpec, DepthSpec, InputSpec, Metadata, OutputSpec,
     ParityTolerance, load_metadata, sha256_file, write_metadata,
@@ -298,16 +299,6 @@ def export_chain(
     return load_metadata(out)
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW (e.g. 192x384), got {text!r}") from None
-    if h <= 0 or w <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``export`` to the ``atdt_train`` command line."""
     p = subparsers.add_parser(
@@ -318,7 +309,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="artifact directory to write")
     p.add_argument("--formats", default="pt2,onnx",
                    help="comma-separated: pt2, onnx, tensorrt (default: pt2,onnx)")
-    p.add_argument("--size", type=_size, default=None,
+    p.add_argument("--size", type=parse_size, default=None,
                    help="network input HxW (default: the experiment's resolution)")
     p.add_argument("--filelist", default=None,
                    help="frames for the parity check (default: domain B's test list)")

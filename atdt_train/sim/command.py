@@ -14,7 +14,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from atdt_train import cliargs
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``"HxW"`` -> (H, W)."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"size {text!r}: expected HxW, e.g. 192x384")
-    h, w = int(m.group(1)), int(m.group(2))
+    """``"HxW"`` -> (H, W), each within 8..MAX_SIZE pixels."""
+    h, w = cliargs.parse_size(text)
     if not (8 <= h <= MAX_SIZE and 8 <= w <= MAX_SIZE):
         raise argparse.ArgumentTypeError(f"size {text!r}: H and W must be within 8..{MAX_SIZE}")
     return h, w
