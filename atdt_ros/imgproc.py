@@ -8,6 +8,8 @@ beyond what the message itself needs.
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Sequence
 
 import cv2
@@ -79,9 +81,7 @@ class Preprocessor:
 
     def __init__(self, height: int, width: int, mean: Sequence[float], std: Sequence[float]):
         self.height, self.width = height, width
-        std_arr = np.asarray(std, dtype=np.float32)
-        self._scale = (1.0 / (255.0 * std_arr)).astype(np.float32)
-        self._shift = (-np.asarray(mean, dtype=np.float32) / std_arr).astype(np.float32)
+        self._table = normalisation_table(tuple(map(float, mean)), tuple(map(float, std)))
         self.batch = np.empty((1, 3, height, width), dtype=np.float32)
         self._resized: dict[int, np.ndarray] = {}
 
@@ -103,17 +103,33 @@ class Preprocessor:
         order = RGB_ORDER[encoding]
         for c in range(3):
             plane = resized if channels == 1 else resized[:, :, order[c]]
-            out = self.batch[0, c]
-            np.multiply(plane, self._scale[c], out=out)
-            out += self._shift[c]
+            np.take(self._table[c], plane, out=self.batch[0, c])
         return self.batch
 
 
-def normalise(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 normalised, without resizing (reference)."""
-    x = rgb.astype(np.float32) / 255.0
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+@functools.lru_cache(maxsize=8)
+def normalisation_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(3, 256) float32: each uint8 value of each RGB channel -> (v / 255 - mean) / std.
+
+    The one normalisation of the project: the training data loader and the node both look
+    values up in this table, so they feed the networks bit-identical inputs.
+    """
+    values = np.arange(256, dtype=np.float64)[None, :] / 255.0
+    table = (values - np.asarray(mean, np.float64)[:, None]) / np.asarray(std, np.float64)[:, None]
+    table = table.astype(np.float32)
+    table.flags.writeable = False
+    return table
+
+
+def normalise(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float],
+              out: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 normalised (into ``out`` when given)."""
+    table = normalisation_table(tuple(map(float, mean)), tuple(map(float, std)))
+    if out is None:
+        out = np.empty((3, *rgb.shape[:2]), dtype=np.float32)
+    for c in range(3):
+        np.take(table[c], rgb[:, :, c], out=out[c])
+    return out
 
 
 class Postprocessor:

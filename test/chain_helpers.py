@@ -38,7 +38,7 @@ def parity_frames(count: int = 3, seed: int = 0) -> np.ndarray:
     for _ in range(count):
         small = rng.integers(0, 256, size=(8, 16, 3), dtype=np.uint8)
         rgb = np.kron(small, np.ones((INPUT_SIZE[0] // 8, INPUT_SIZE[1] // 16, 1), np.uint8))
-        out.append(normalise(rgb, IMAGE_MEAN, IMAGE_STD)[0])
+        out.append(normalise(rgb, IMAGE_MEAN, IMAGE_STD))
     return np.stack(out)
 
 

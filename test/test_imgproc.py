@@ -65,7 +65,7 @@ def test_preprocessing_normalises_rgb_into_the_reused_buffer() -> None:
     expected = (RGB.astype(np.float64) / 255 - IMAGE_MEAN) / IMAGE_STD
     np.testing.assert_allclose(out[0], expected.transpose(2, 0, 1), atol=1e-5)
     assert out is pre(RGB, "rgb8")  # same buffer every frame
-    np.testing.assert_allclose(out, normalise(RGB, IMAGE_MEAN, IMAGE_STD), atol=1e-5)
+    np.testing.assert_allclose(out, normalise(RGB, IMAGE_MEAN, IMAGE_STD)[None], atol=0)
     mono = pre(RGB[:, :, 1], "mono8")[0]
     for c in range(3):
         np.testing.assert_allclose(mono[c], (RGB[:, :, 1] / 255 - IMAGE_MEAN[c]) / IMAGE_STD[c],
@@ -117,3 +117,11 @@ def test_semantic_nearest_resize_unlabeled_for_unknown_ids_and_colours() -> None
     color = post.semantic_color(labels)
     np.testing.assert_array_equal(color, colorize(labels))
     assert tuple(color[0, 0]) == (128, 64, 128) and tuple(color[3, 3]) == (0, 0, 0)
+
+
+def test_node_and_training_loader_normalise_bit_identically() -> None:
+    from atdt_train.data.dataset import normalize_image
+
+    rgb = np.random.default_rng(3).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    node_input = Preprocessor(5, 7, IMAGE_MEAN, IMAGE_STD)(rgb, "rgb8")[0]
+    np.testing.assert_array_equal(node_input, normalize_image(rgb))

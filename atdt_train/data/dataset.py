@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from atdt_ros.artifact import IMAGE_MEAN, IMAGE_STD  # the one definition, shared with the exported chain
+from atdt_ros.imgproc import normalise  # the one normalisation, shared with the node
 from atdt_ros.classmap import UNLABELED
 
 from .decoders import Decoder, get_decoder
@@ -26,19 +27,9 @@ from .filelist import DatasetError, Frame, read_filelist, read_list_kind
 log = logging.getLogger(__name__)
 
 
-_NORMALIZE_LUT = (
-    (np.arange(256, dtype=np.float64)[None, :] / 255.0 - np.asarray(IMAGE_MEAN)[:, None])
-    / np.asarray(IMAGE_STD)[:, None]
-).astype(np.float32)
-"""(3, 256): uint8 value of each RGB channel -> its normalised float32."""
-
-
 def normalize_image(rgb: np.ndarray) -> np.ndarray:
     """uint8 RGB (H, W, 3) -> float32 (3, H, W) normalised with IMAGE_MEAN / IMAGE_STD."""
-    out = np.empty((3, *rgb.shape[:2]), dtype=np.float32)
-    for channel in range(3):
-        np.take(_NORMALIZE_LUT[channel], rgb[:, :, channel], out=out[channel])
-    return out
+    return normalise(rgb, IMAGE_MEAN, IMAGE_STD)
 
 
 def _pair(value: Sequence[int] | None, name: str) -> tuple[int, int] | None:
