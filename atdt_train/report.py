@@ -153,12 +153,11 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
 
 
 def depth_colormap(depth: np.ndarray, depth_range: tuple[float, float]) -> np.ndarray:
-    """Depth in metres -> RGB uint8 (inverse depth, magma; invalid pixels black)."""
+    """Depth in metres -> RGB uint8 (log depth, magma: near bright, far dark; invalid black)."""
     import matplotlib
 
     lo, hi = depth_range
-    inv = 1.0 / np.clip(depth, lo, hi)
-    norm = (inv - 1.0 / hi) / (1.0 / lo - 1.0 / hi)
+    norm = 1.0 - np.log(np.clip(depth, lo, hi) / lo) / np.log(hi / lo)
     rgb = (matplotlib.colormaps["magma"](norm)[..., :3] * 255).astype(np.uint8)
     rgb[~(depth > 0)] = 0
     return rgb

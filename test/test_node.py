@@ -25,6 +25,7 @@ import chain_helpers
 REPO = Path(__file__).resolve().parents[1]
 NS = "/atdt_test"
 NODE = f"{NS}/atdt_perception"
+STARTUP_TIMEOUT = 120.0  # seconds for the node to import torch and load the chain on a busy CI machine
 
 
 def _params_file(tmp: Path, model: Path, **overrides) -> Path:
@@ -89,11 +90,17 @@ class Client:
                 self.cv.wait(min(left, 0.2))
         return True
 
-    def wait_for_node_subscription(self, timeout: float = 30.0) -> None:
+    def wait_for_node_subscription(self, proc: subprocess.Popen | None = None,
+                                   timeout: float = STARTUP_TIMEOUT) -> None:
+        """Wait until the node subscribed; fail at once, with its output, if it exited."""
         deadline = time.monotonic() + timeout
         while self.pub_image.get_subscription_count() == 0 or \
                 self.pub_info.get_subscription_count() == 0:
-            assert time.monotonic() < deadline, "the node never subscribed to the image topic"
+            if proc is not None and proc.poll() is not None:
+                out = proc.stdout.read() if proc.stdout else ""
+                raise AssertionError(f"the node exited with {proc.returncode}:\n{out}")
+            assert time.monotonic() < deadline, \
+                f"the node never subscribed to the image topic within {timeout:.0f} s"
             time.sleep(0.05)
 
     def image(self, pixels: np.ndarray, encoding: str, stamp: tuple[int, int],
@@ -141,7 +148,7 @@ def running(chain, tmp_path_factory):
     proc = _start(params)
     client = Client()
     try:
-        client.wait_for_node_subscription()
+        client.wait_for_node_subscription(proc)
         yield proc, client, chain
     finally:
         client.close()
