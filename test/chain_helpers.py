@@ -59,37 +59,47 @@ def exported_chain(tmp_path_factory) -> Path:
 def write_tiny_domain(root: Path, domain: str, frames: int = 2, size: tuple[int, int] = (32, 64),
                       fx: float = 50.0) -> dict[str, str]:
     """Train/test splits in the ``atdt_train simulate`` layout: road below sky, a box per frame."""
+    h, w = size
+    rng = np.random.default_rng(ord(domain))
+    tint = np.array((30, 0, 0) if domain == "A" else (0, 0, 30), np.int16)
+
+    def frame():
+        sem = np.full((h, w), 10, np.uint8)          # sky, no depth
+        depth = np.zeros((h, w), np.float32)
+        sem[h // 2:] = 0                               # road, nearer towards the bottom
+        depth[h // 2:] = np.linspace(30.0, 3.0, h - h // 2, dtype=np.float32)[:, None]
+        c0 = int(rng.integers(0, w - w // 4))
+        sem[h // 3:h // 2 + 4, c0:c0 + w // 4] = 7    # a vehicle
+        depth[h // 3:h // 2 + 4, c0:c0 + w // 4] = 12.0
+        rgb = np.stack([sem * 20, 255 - sem * 20, sem * 9], -1).astype(np.int16) + tint
+        rgb = np.clip(rgb + rng.integers(-8, 9, rgb.shape), 0, 255).astype(np.uint8)
+        return rgb, sem, depth
+
+    return {split: write_sim_split(root, split, [frame() for _ in range(frames)], fx, domain)
+            for split in ("train", "test")}
+
+
+def write_sim_split(root: Path, split: str, frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                    fx: float, domain: str) -> str:
+    """Write (RGB uint8, class ids uint8, depth metres float32) frames as one split of the
+    ``atdt_train simulate`` layout under ``root``; returns the filelist's path."""
     import json
 
     import cv2
 
-    h, w = size
-    rng = np.random.default_rng(ord(domain))
-    tint = np.array((30, 0, 0) if domain == "A" else (0, 0, 30), np.int16)
-    lists = {}
-    for split in ("train", "test"):
-        base = root / split
-        for sub in ("rgb", "semantic", "depth"):
-            (base / sub).mkdir(parents=True, exist_ok=True)
-        (base / "camera.json").write_text(json.dumps(
-            {"fx": fx, "fy": fx, "cx": w / 2, "cy": h / 2, "width": w, "height": h, "baseline": 0.5}))
-        lines = []
-        for i in range(frames):
-            sem = np.full((h, w), 10, np.uint8)          # sky, no depth
-            depth = np.zeros((h, w), np.float32)
-            sem[h // 2:] = 0                               # road, nearer towards the bottom
-            depth[h // 2:] = np.linspace(30.0, 3.0, h - h // 2, dtype=np.float32)[:, None]
-            c0 = int(rng.integers(0, w - w // 4))
-            sem[h // 3:h // 2 + 4, c0:c0 + w // 4] = 7    # a vehicle
-            depth[h // 3:h // 2 + 4, c0:c0 + w // 4] = 12.0
-            rgb = np.stack([sem * 20, 255 - sem * 20, sem * 9], -1).astype(np.int16) + tint
-            rgb = np.clip(rgb + rng.integers(-8, 9, rgb.shape), 0, 255).astype(np.uint8)
-            name = f"{i:06d}.png"
-            cv2.imwrite(str(base / "rgb" / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-            cv2.imwrite(str(base / "semantic" / name), sem)
-            cv2.imwrite(str(base / "depth" / name), np.round(depth * 256).astype(np.uint16))
-            lines.append(f"{split}/rgb/{name};;{split}/semantic/{name};{split}/depth/{name}")
-        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
-        lists[split] = str(root / f"{split}.txt")
+    h, w = frames[0][1].shape
+    base = root / split
+    for sub in ("rgb", "semantic", "depth"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    (base / "camera.json").write_text(json.dumps(
+        {"fx": fx, "fy": fx, "cx": w / 2, "cy": h / 2, "width": w, "height": h, "baseline": 0.5}))
+    lines = []
+    for i, (rgb, sem, depth) in enumerate(frames):
+        name = f"{i:06d}.png"
+        cv2.imwrite(str(base / "rgb" / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(base / "semantic" / name), sem)
+        cv2.imwrite(str(base / "depth" / name), np.round(depth * 256).astype(np.uint16))
+        lines.append(f"{split}/rgb/{name};;{split}/semantic/{name};{split}/depth/{name}")
+    (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
     (root / "dataset.yaml").write_text(f"kind: sim\ndomain: {domain}\n")
-    return lists
+    return str(root / f"{split}.txt")

@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from atdt_train.cli import main
+from chain_helpers import write_sim_split
 from atdt_train.config import ConfigError, experiment_from_dict, load_experiment
 
 PALETTES = {
@@ -34,42 +35,30 @@ def write_domain(root: Path, domain: str, frames: int = 6) -> dict[str, str]:
     """Train and test splits of a tiny domain in the ``atdt_train simulate`` layout."""
     fx = W * (0.8 if domain == "A" else 1.1)
     rng = np.random.default_rng(ord(domain))
-    lists = {}
-    for split in ("train", "test"):
-        base = root / split
-        for sub in ("rgb", "semantic", "depth"):
-            (base / sub).mkdir(parents=True, exist_ok=True)
-        (base / "camera.json").write_text(json.dumps({"fx": fx, "fy": fx, "cx": W / 2, "cy": H / 2,
-                                                      "width": W, "height": H, "baseline": 0.5}))
-        lines = []
-        for i in range(frames):
-            horizon = int(H * rng.uniform(0.35, 0.5))
-            sem = np.full((H, W), 10, np.uint8)  # sky: no depth
-            depth = np.zeros((H, W), np.float32)
-            rows = np.arange(horizon, H)
-            sem[horizon:] = 0
-            depth[horizon:] = np.clip(1.5 * fx / (rows - horizon + 1) / (W / 64), 1.0, 70.0)[:, None]
-            sem[horizon:, : int(W * rng.uniform(0.1, 0.3))] = 1
-            b0, b1 = sorted(rng.integers(0, W, 2))
-            top = max(1, horizon - int(H * rng.uniform(0.1, 0.3)))
-            sem[top:horizon, b0:b1 + 1] = 9
-            depth[top:horizon, b0:b1 + 1] = 40.0
-            c0, c_top = int(rng.integers(0, W - W // 4)), horizon + H // 10
-            sem[c_top:c_top + H // 6, c0:c0 + W // 5] = 7
-            depth[c_top:c_top + H // 6, c0:c0 + W // 5] = 6.0
-            rgb = np.zeros((H, W, 3), np.uint8)
-            for cls, colour in PALETTES[domain].items():
-                rgb[sem == cls] = colour
-            rgb = np.clip(rgb.astype(np.int16) + rng.integers(-12, 13, rgb.shape), 0, 255).astype(np.uint8)
-            name = f"{i:06d}.png"
-            cv2.imwrite(str(base / "rgb" / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-            cv2.imwrite(str(base / "semantic" / name), sem)
-            cv2.imwrite(str(base / "depth" / name), np.round(depth * 256).astype(np.uint16))
-            lines.append(f"{split}/rgb/{name};;{split}/semantic/{name};{split}/depth/{name}")
-        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
-        lists[split] = str(root / f"{split}.txt")
-    (root / "dataset.yaml").write_text(f"kind: sim\ndomain: {domain}\n")
-    return lists
+
+    def frame():
+        horizon = int(H * rng.uniform(0.35, 0.5))
+        sem = np.full((H, W), 10, np.uint8)  # sky: no depth
+        depth = np.zeros((H, W), np.float32)
+        rows = np.arange(horizon, H)
+        sem[horizon:] = 0
+        depth[horizon:] = np.clip(1.5 * fx / (rows - horizon + 1) / (W / 64), 1.0, 70.0)[:, None]
+        sem[horizon:, : int(W * rng.uniform(0.1, 0.3))] = 1
+        b0, b1 = sorted(rng.integers(0, W, 2))
+        top = max(1, horizon - int(H * rng.uniform(0.1, 0.3)))
+        sem[top:horizon, b0:b1 + 1] = 9
+        depth[top:horizon, b0:b1 + 1] = 40.0
+        c0, c_top = int(rng.integers(0, W - W // 4)), horizon + H // 10
+        sem[c_top:c_top + H // 6, c0:c0 + W // 5] = 7
+        depth[c_top:c_top + H // 6, c0:c0 + W // 5] = 6.0
+        rgb = np.zeros((H, W, 3), np.uint8)
+        for cls, colour in PALETTES[domain].items():
+            rgb[sem == cls] = colour
+        rgb = np.clip(rgb.astype(np.int16) + rng.integers(-12, 13, rgb.shape), 0, 255).astype(np.uint8)
+        return rgb, sem, depth
+
+    return {split: write_sim_split(root, split, [frame() for _ in range(frames)], fx, domain)
+            for split in ("train", "test")}
 
 
 @pytest.fixture(scope="module")
