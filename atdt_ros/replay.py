@@ -509,22 +509,17 @@ class Replay:
             return
         record.scored = True
         scored = False
-        if record.gt_semantic is not None and record.semantic is not None:
-            if record.semantic.shape == record.gt_semantic.shape:
-                self.seg.update(record.semantic, record.gt_semantic)
+        for name, pred, gt, metric in (("semantic", record.semantic, record.gt_semantic, self.seg),
+                                       ("depth", record.depth, record.gt_depth, self.dep)):
+            if gt is None or pred is None:
+                continue
+            if pred.shape == gt.shape:
+                metric.update(pred, gt)
                 scored = True
             else:
                 self.tally.gt_mismatch += 1
-                log.warning("frame %d: semantic output %s vs ground truth %s: not scored",
-                            record.index, record.semantic.shape, record.gt_semantic.shape)
-        if record.gt_depth is not None and record.depth is not None:
-            if record.depth.shape == record.gt_depth.shape:
-                self.dep.update(record.depth, record.gt_depth)
-                scored = True
-            else:
-                self.tally.gt_mismatch += 1
-                log.warning("frame %d: depth output %s vs ground truth %s: not scored",
-                            record.index, record.depth.shape, record.gt_depth.shape)
+                log.warning("frame %d: %s output %s vs ground truth %s: not scored",
+                            record.index, name, pred.shape, gt.shape)
         self.tally.scored_frames += int(scored)
         if record.keep:
             self.kept.append(record)
