@@ -52,6 +52,7 @@ class Model:
     norm: Literal["batch", "group", "none"] = "batch"
     init: str | None = None  # torchvision ImageNet checkpoint for the encoders
     transfer_hidden: int | None = None  # G's width (default: min(channels, 512))
+    decoder_widths: list | None = None  # one conv block per scale from 1/16 (default [128, 64, 32, 32])
 
 
 @dataclass
@@ -243,6 +244,15 @@ def _validate(exp: Experiment) -> None:
     if exp.trainer.precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision: expected one of {', '.join(PRECISIONS)}, "
                           f"got {exp.trainer.precision!r}")
+    if exp.model.decoder_widths is not None:
+        from .models import check_decoder_widths
+
+        try:
+            exp.model.decoder_widths = list(check_decoder_widths(exp.model.decoder_widths))
+        except ValueError as exc:
+            raise ConfigError(f"model.decoder_widths: {exc}") from None
+    if exp.model.transfer_hidden is not None:
+        positive("model.transfer_hidden", exp.model.transfer_hidden)
     for name in ("height", "width", "batch_size"):
         positive(f"data.{name}", getattr(exp.data, name))
     if exp.data.height % 16 or exp.data.width % 16:

@@ -16,7 +16,7 @@ from torch import nn
 from atdt_ros.classmap import UNLABELED
 
 from .config import Experiment
-from .models import Encoder, TaskNet, TransferNet
+from .models import DECODER_WIDTHS, Encoder, TaskNet, TransferNet
 from .stages import publish
 
 
@@ -79,6 +79,11 @@ def task_loss(task: str, output: torch.Tensor, batch: dict[str, torch.Tensor], f
     return depth_loss(output, batch["depth"], batch["depth_valid"], batch["focal"], focal_ref)
 
 
+def decoder_widths(exp: Experiment) -> tuple[int, ...]:
+    """The experiment's decoder widths (``model.decoder_widths`` or the default)."""
+    return tuple(exp.model.decoder_widths) if exp.model.decoder_widths else DECODER_WIDTHS
+
+
 def _poly(max_steps: int):
     return lambda step: max(0.0, 1.0 - step / max(1, max_steps)) ** 0.9
 
@@ -127,7 +132,8 @@ class TaskModule(_StageModule):
         super().__init__(exp, max_steps)
         self.task = task
         self.focal_ref = focal_ref if task == "depth" else None
-        self.net = TaskNet(task, exp.model.depth, exp.model.norm, exp.model.feature_level)
+        self.net = TaskNet(task, exp.model.depth, exp.model.norm, exp.model.feature_level,
+                           decoder_widths(exp))
         if exp.model.init:
             self.net.load_imagenet(exp.model.init)
         if self.channels_last:

@@ -5,8 +5,8 @@
   checkpoints load with ``load_imagenet``. ``feature_level`` k keeps the stem and
   ``layer1..layerk`` (Sec. 3.5: the split between E and D).
 - ``Decoder`` D: the remaining residual stages ``layer{k+1}..layer4`` then bilinear up-sampling
-  and convolution blocks back to full resolution; the last layer has 11 filters (semantic) or 1
-  (depth).
+  and convolution blocks (widths configurable, ``decoder_widths``) and a last layer of 11 filters
+  (semantic) or 1 (depth), up-sampled bilinearly to full resolution.
 - ``TaskNet`` N = D∘E.
 - ``TransferNet`` G: convolutions down to 1/4 of its input resolution and deconvolutions back,
   mapping E1 features to E2 features of the same shape.
@@ -217,26 +217,48 @@ class UpBlock(nn.Module):
         return self.relu(self.bn(self.conv(x)))
 
 
+DECODER_WIDTHS: tuple[int, ...] = (128, 64, 32, 32)
+"""Default decoder: blocks at 1/16, 1/8, 1/4 and 1/2 of the input, the last layer at 1/2 and a
+bilinear up-sampling of its output to full resolution (about 1.1 GFLOP at 192x384, ResNet-18)."""
+FULL_RESOLUTION_WIDTHS: tuple[int, ...] = (256, 128, 64, 32, 32)
+"""A heavier decoder with a block at every scale down to full resolution (about 4.5 GFLOP at
+192x384); also what weights written before ``decoder_widths`` existed were trained with."""
+
+
+def check_decoder_widths(widths: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """Validate decoder widths: 1 to 5 positive ints, one block per scale from 1/16 upwards."""
+    widths = tuple(widths)
+    if not 1 <= len(widths) <= 5 or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0
+                                             for w in widths):
+        raise ValueError(f"decoder_widths={list(widths)!r} is not supported; accepted: 1 to 5 positive "
+                         f"integers, one conv block per scale 1/16, 1/8, 1/4, 1/2, 1/1")
+    return widths
+
+
 class Decoder(nn.Module):
-    """D: residual stages after ``feature_level``, then up-sampling blocks to full resolution."""
+    """D: residual stages after ``feature_level``, then bilinear up-sampling and convolution blocks.
+
+    ``widths`` gives one block per scale, from 1/16 of the input towards full resolution (at most
+    five: 1/16, 1/8, 1/4, 1/2, 1/1). The last layer (11 filters or 1) runs at the last block's
+    scale; when that is not full resolution its output is up-sampled bilinearly to the input size.
+    """
 
     def __init__(self, task: str, feature_level: int = 4, depth: int = 18, norm: Norm = "batch",
-                 widths: tuple[int, ...] = (256, 128, 64, 32)) -> None:
+                 widths: tuple[int, ...] = DECODER_WIDTHS) -> None:
         super().__init__()
         check_choice("task", task, TASKS)
         check_choice("depth", depth, DEPTHS)
         check_choice("feature_level", feature_level, FEATURE_LEVELS)
+        self.widths = check_decoder_widths(widths)
         self.task, self.feature_level, self.depth = task, feature_level, depth
         self.in_channels = stage_channels(depth, feature_level)
         for level in range(feature_level + 1, 5):
             setattr(self, f"layer{level}", make_stage(depth, level, norm))
         self.stride = 16  # after layer4 (or a shallower split, which is up-sampled anyway)
         cin = stage_channels(depth, 4)
-        # 1/16 -> 1/8 -> 1/4 -> 1/2 -> 1/1: one block per scale
-        self.project = UpBlock(cin, widths[0], norm)
-        self.up = nn.ModuleList(UpBlock(a, b, norm) for a, b in zip(widths[:-1], widths[1:]))
-        self.up.append(UpBlock(widths[-1], widths[-1], norm))
-        self.head = nn.Conv2d(widths[-1], task_channels(task), 3, padding=1)
+        self.project = UpBlock(cin, self.widths[0], norm)  # at 1/16
+        self.up = nn.ModuleList(UpBlock(a, b, norm) for a, b in zip(self.widths[:-1], self.widths[1:]))
+        self.head = nn.Conv2d(self.widths[-1], task_channels(task), 3, padding=1)
         _init_weights(self)
 
     def forward(self, features: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
@@ -245,10 +267,12 @@ class Decoder(nn.Module):
             x = getattr(self, f"layer{level}")(x)
         h, w = int(out_size[0]), int(out_size[1])
         x = self.project(x, tuple(x.shape[-2:]))
-        factors = (8, 4, 2, 1)
-        for block, f in zip(self.up, factors):
+        for block, f in zip(self.up, (8, 4, 2, 1)):
             x = block(x, (-(-h // f), -(-w // f)))
-        return self.head(x)
+        x = self.head(x)
+        if tuple(x.shape[-2:]) != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        return x
 
     def load_imagenet(self, path: str | Path) -> list[str]:
         """Load the ImageNet weights of this decoder's residual stages (none when level 4)."""
@@ -260,11 +284,12 @@ class Decoder(nn.Module):
 class TaskNet(nn.Module):
     """N = D∘E for one task (``semantic`` logits (N,11,H,W) or ``depth`` (N,1,H,W))."""
 
-    def __init__(self, task: str, depth: int = 18, norm: Norm = "batch", feature_level: int = 4) -> None:
+    def __init__(self, task: str, depth: int = 18, norm: Norm = "batch", feature_level: int = 4,
+                 decoder_widths: tuple[int, ...] = DECODER_WIDTHS) -> None:
         super().__init__()
         self.task = task
         self.encoder = Encoder(depth, norm, feature_level)
-        self.decoder = Decoder(task, feature_level, depth, norm)
+        self.decoder = Decoder(task, feature_level, depth, norm, decoder_widths)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x), tuple(x.shape[-2:]))

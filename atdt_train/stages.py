@@ -290,10 +290,12 @@ def load_weights(path: Path) -> dict[str, Any]:
 
 def load_task_net(exp: Experiment, name: str) -> "TaskNet":
     """The trained task network of stage ``name`` (n1, n1_A, n1_B, n2, oracle), in eval mode."""
-    from .models import TaskNet
+    from .models import FULL_RESOLUTION_WIDTHS, TaskNet
 
     record = load_weights(weights_path(exp, name))
-    net = TaskNet(record["task"], record["depth"], record["norm"], record["feature_level"])
+    # records written before decoder widths were configurable hold the full-resolution decoder
+    widths = tuple(record.get("decoder_widths", FULL_RESOLUTION_WIDTHS))
+    net = TaskNet(record["task"], record["depth"], record["norm"], record["feature_level"], widths)
     net.load_state_dict(record["state_dict"])
     return net.eval()
 
@@ -317,7 +319,8 @@ def _weights_record(exp: Experiment, module: Any) -> dict[str, Any]:
     m = exp.model
     if isinstance(module, TaskModule):
         return {"kind": "task_net", "task": module.task, "depth": m.depth, "norm": m.norm,
-                "feature_level": m.feature_level, "state_dict": cpu(module.net.state_dict())}
+                "feature_level": m.feature_level, "decoder_widths": list(module.net.decoder.widths),
+                "state_dict": cpu(module.net.state_dict())}
     g = module.g
     hidden = g.down[0][0].out_channels
     return {"kind": "transfer_net", "channels": g.channels, "out_channels": g.out_channels,

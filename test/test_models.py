@@ -76,6 +76,26 @@ def test_transfer_net_odd_sizes_and_norms():
     assert any(isinstance(m, torch.nn.GroupNorm) for m in TaskNet("depth", 18, "group").modules())
 
 
+def test_decoder_widths_set_the_scale_of_the_last_layer():
+    from atdt_train.models import DECODER_WIDTHS, FULL_RESOLUTION_WIDTHS
+
+    f = torch.randn(1, 512, 4, 6)  # ResNet-18 features of a 64x96 input
+    grids = {}
+    for widths, last_scale in ((DECODER_WIDTHS, 2), (FULL_RESOLUTION_WIDTHS, 1), ((16,), 16)):
+        d = Decoder("semantic", 4, 18, "batch", widths).eval()
+        d.head.register_forward_hook(lambda m, i, o, w=widths: grids.__setitem__(w, tuple(o.shape[-2:])))
+        with torch.no_grad():
+            assert d(f, (64, 96)).shape == (1, 11, 64, 96)  # always full resolution out
+        assert grids[widths] == (64 // last_scale, 96 // last_scale)
+        assert [b.conv.out_channels for b in [d.project, *d.up]] == list(widths)
+    # the default decoder costs a fraction of the full-resolution one (FLOPs at the head scale)
+    n_default = sum(p.numel() for p in Decoder("depth").parameters())
+    n_full = sum(p.numel() for p in Decoder("depth", widths=FULL_RESOLUTION_WIDTHS).parameters())
+    assert n_default < n_full / 2
+    with pytest.raises(ValueError, match="1 to 5 positive integers"):
+        Decoder("depth", widths=(64, 32, 16, 8, 8, 8))
+
+
 def test_bad_choices_name_the_setting():
     with pytest.raises(ValueError, match="depth=101"):
         Encoder(101)

@@ -111,6 +111,9 @@ def test_config_errors_name_the_key(domains, tmp_path):
         ({"shared": "yes"}, "shared: expected bool"),
         ({"data": {"height": 30}}, "multiples of 16"),
         ({"direction": "sem2sem"}, "direction"),
+        ({"model": {"decoder_widths": [64, 0]}}, "model.decoder_widths: decoder_widths="),
+        ({"model": {"decoder_widths": [8, 8, 8, 8, 8, 8]}}, "1 to 5 positive integers"),
+        ({"model": {"transfer_hidden": 0}}, "model.transfer_hidden: must be > 0"),
     ]
     for change, message in cases:
         bad = {**good, **{k: {**good[k], **v} if isinstance(v, dict) else v for k, v in change.items()}}
@@ -214,6 +217,38 @@ def test_resumed_stage_continues_from_its_checkpoint(domains, tmp_path, caplog):
                       weights_only=False)["global_step"] == 4
     assert min(_logged_steps(folder, 0)) == 0
     assert min(_logged_steps(folder, 1)) >= 2  # the resumed run trained steps 2..3 only
+
+
+def test_a_seeded_stage_repeats_bit_for_bit(domains, tmp_path):
+    from atdt_train.stages import load_weights, train_stage, weights_path
+
+    def weights(out: str, seed: int) -> dict[str, torch.Tensor]:
+        exp = experiment_from_dict(experiment(domains, tmp_path / out, steps=3, seed=seed))
+        train_stage(exp, "n2")
+        return load_weights(weights_path(exp, "n2"))["state_dict"]
+
+    first, second, other = weights("a", 0), weights("b", 0), weights("c", 1)
+    assert first.keys() == second.keys()
+    for key, value in first.items():  # weights and batch-norm statistics alike
+        assert torch.equal(value, second[key]), key
+    assert any(not torch.equal(v, other[k]) for k, v in first.items())  # the seed matters
+
+
+def test_weights_record_their_decoder_and_older_records_load(domains, tmp_path):
+    from atdt_train.models import FULL_RESOLUTION_WIDTHS, TaskNet
+    from atdt_train.stages import atomic_torch_save, load_task_net, train_stage, weights_path
+
+    exp = experiment_from_dict(experiment(domains, tmp_path / "out", steps=1,
+                                          model={"decoder_widths": [32, 16]}))
+    train_stage(exp, "n2")
+    net = load_task_net(exp, "n2")
+    assert net.decoder.widths == (32, 16)
+    assert net(torch.randn(1, 3, H, W)).shape == (1, 11, H, W)  # last layer at 1/8, up-sampled
+    # a record from before decoder widths were configurable holds the full-resolution decoder
+    legacy = TaskNet("semantic", 18, "batch", 4, FULL_RESOLUTION_WIDTHS)
+    atomic_torch_save({"kind": "task_net", "task": "semantic", "depth": 18, "norm": "batch",
+                       "feature_level": 4, "state_dict": legacy.state_dict()}, weights_path(exp, "n2"))
+    assert load_task_net(exp, "n2").decoder.widths == FULL_RESOLUTION_WIDTHS
 
 
 def test_non_finite_loss_stops_the_stage_naming_the_step(domains, tmp_path, caplog):
