@@ -46,6 +46,7 @@ class ExportError(RuntimeError):
 
 
 def _chain_class() -> type:
+    import torch
     from torch import nn
 
     class Chain(nn.Module):
@@ -65,7 +66,8 @@ def _chain_class() -> type:
             task1 = self.d1(features, size)                 # N1 = D1∘E1
             task2 = self.d2(self.g(features), size)         # Eq. 4: D2(G(E1(x)))
             depth, logits = (task1, task2) if self.task1 == "depth" else (task2, task1)
-            return depth, logits.argmax(dim=1)
+            # argmax over channels is ~10x faster on CPU with the classes innermost (same values)
+            return depth, logits.contiguous(memory_format=torch.channels_last).argmax(dim=1)
 
     return Chain
 

@@ -17,14 +17,34 @@ import numpy as np
 LOG = logging.getLogger("benchmarks")
 
 
-def seeded_networks(depth: int = 18, seed: int = 0, hidden: int | None = None):
-    """(N1 depth, N2 semantic, G) in eval mode, direction dep2sem, as ``atdt_train run`` builds them."""
+SHIPPED_EXPERIMENT = Path(__file__).resolve().parent.parent / "config" / "experiments" / "sim_dep2sem.yaml"
+
+
+def shipped_model() -> tuple[tuple[int, ...], int | None]:
+    """(decoder widths, G width) of the shipped CPU experiment, the architecture the benchmarks time."""
+    from atdt_train.config import load_experiment
+    from atdt_train.lit import decoder_widths
+
+    exp = load_experiment(SHIPPED_EXPERIMENT)
+    return decoder_widths(exp), exp.model.transfer_hidden
+
+
+def seeded_networks(depth: int = 18, seed: int = 0, hidden: int | None = None,
+                    widths: tuple[int, ...] | None = None):
+    """(N1 depth, N2 semantic, G) in eval mode, direction dep2sem, as ``atdt_train run`` builds them.
+
+    Decoder widths and G's width default to those of the shipped experiment.
+    """
     import torch
 
     from atdt_train.models import TaskNet, TransferNet
 
+    shipped_widths, shipped_hidden = shipped_model()
+    widths = widths or shipped_widths
+    hidden = hidden or shipped_hidden
     torch.manual_seed(seed)
-    n1, n2 = TaskNet("depth", depth).eval(), TaskNet("semantic", depth).eval()
+    n1 = TaskNet("depth", depth, decoder_widths=widths).eval()
+    n2 = TaskNet("semantic", depth, decoder_widths=widths).eval()
     g = TransferNet(n1.encoder.out_channels, hidden=hidden).eval()
     return n1, n2, g
 
