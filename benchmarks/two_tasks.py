@@ -3,8 +3,8 @@
 The chain runs E1 once, then D1 for task 1 and G and D2 for task 2: D1(E1(x)), D2(G(E1(x))),
 with the semantic labels (argmax) as the node publishes them. It is timed against each single
 task network, N1 (depth) and N2 (semantic, with its argmax), interleaved in one run, in eager
-fp32 and, where the CPU has native bf16, bf16 autocast + channels_last (else fp32 +
-channels_last). Two separate networks cost N1 + N2, i.e. 2x their mean, so the headline ratio is
+fp32, in ONNX Runtime (the node's CPU backend; each network exported with torch.onnx, batch 1)
+and, where the CPU has native bf16, bf16 autocast + channels_last (else fp32 + channels_last). Two separate networks cost N1 + N2, i.e. 2x their mean, so the headline ratio is
 chain / mean(N1, N2); the ratios against N1 and N2 alone are printed too, with a FLOP breakdown.
 
     nice -n 10 .venv/bin/python benchmarks/two_tasks.py [--size 192x384] [--hidden 256 128]
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,6 +63,14 @@ def main() -> int:
             if channels_last:
                 chain = chain.to(memory_format=torch.channels_last)
             fns[f"chain G{hidden} {prec}"] = _runner(chain, xin, autocast)
+    with tempfile.TemporaryDirectory(prefix="two_tasks.") as tmp:
+        n1, n2, _ = common.seeded_networks(widths=widths, hidden=hiddens[0])
+        fns["N1 depth onnxruntime"] = _onnx_runner(n1, x, Path(tmp) / "n1.onnx", args.threads)
+        fns["N2 semantic onnxruntime"] = _onnx_runner(_Labels(n2), x, Path(tmp) / "n2.onnx", args.threads)
+        for hidden in hiddens:
+            chain = build_chain(*common.seeded_networks(widths=widths, hidden=hidden), "dep2sem")
+            fns[f"chain G{hidden} onnxruntime"] = _onnx_runner(chain, x, Path(tmp) / f"c{hidden}.onnx",
+                                                               args.threads)
     for hidden in hiddens:
         n1, n2, g = common.seeded_networks(widths=widths, hidden=hidden)
         f = n1.encoder(x)
@@ -77,7 +86,7 @@ def main() -> int:
     times = common.interleaved(fns, args.rounds)
     for name, samples in times.items():
         print(f"{name:24s} {common.summary(samples)}")
-    for prec in ("fp32", second):
+    for prec in ("fp32", "onnxruntime", second):
         t1, t2 = min(times[f"N1 depth {prec}"]), min(times[f"N2 semantic {prec}"])
         for hidden in hiddens:
             chain = min(times[f"chain G{hidden} {prec}"])
@@ -87,16 +96,39 @@ def main() -> int:
     return 0
 
 
-class _Labels:
-    """A semantic network as the node uses it: logits to class ids."""
+def _labels_class():
+    import torch
 
-    def __init__(self, net) -> None:
-        self.net = net
+    class Labels(torch.nn.Module):
+        """A semantic network as the node uses it: logits to class ids."""
 
-    def __call__(self, x):
-        import torch
+        def __init__(self, net) -> None:
+            super().__init__()
+            self.net = net
 
-        return self.net(x).contiguous(memory_format=torch.channels_last).argmax(dim=1)
+        def forward(self, x):
+            return self.net(x).contiguous(memory_format=torch.channels_last).argmax(dim=1)
+    return Labels
+
+
+def _Labels(net):
+    return _labels_class()(net).eval()
+
+
+def _onnx_runner(module, x, path: Path, threads: int):
+    """Export ``module`` to ONNX (batch 1) and return a function running it in ONNX Runtime."""
+    import onnxruntime as ort
+    import torch
+
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(module, (x,), dynamo=True, verbose=False).save(str(path))
+    options = ort.SessionOptions()
+    if threads > 0:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name, feed = session.get_inputs()[0].name, x.numpy()
+    return lambda: session.run(None, {name: feed})
 
 
 def _runner(module, x, bf16: bool):
