@@ -155,6 +155,9 @@ class OnnxRuntimeBackend:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # idle worker threads sleep instead of spinning: on a vehicle the node shares its cores
+        # with other processes, which spinning threads would slow down between frames
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:

@@ -123,6 +123,7 @@ def _onnx_runner(module, x, path: Path, threads: int):
     with torch.inference_mode(False), torch.no_grad():
         torch.onnx.export(module, (x,), dynamo=True, verbose=False).save(str(path))
     options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the node does
     if threads > 0:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
