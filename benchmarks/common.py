@@ -50,17 +50,18 @@ def seeded_networks(depth: int = 18, seed: int = 0, hidden: int | None = None,
 
 
 def exported_chain(out: Path, size: tuple[int, int], formats=("pt2", "onnx")) -> Path:
-    """Export the seeded chain at ``size`` into ``out`` unless it is already there."""
+    """Export the seeded chain at ``size`` into ``out`` unless that very chain is already there."""
     from atdt_ros.artifact import ArtifactError, load_metadata
-    from atdt_train.export import export_chain
+    from atdt_train.export import build_chain, export_chain, model_hash
 
+    n1, n2, g = seeded_networks()
+    wanted = model_hash(build_chain(n1, n2, g, "dep2sem"), size, "dep2sem")
     try:
         md = load_metadata(out)
-        if (md.input.height, md.input.width) == size and set(formats) <= set(md.formats):
+        if md.model_hash == wanted and set(formats) <= set(md.formats):
             return out
     except ArtifactError:
         pass
-    n1, n2, g = seeded_networks()
     frames = np.random.default_rng(0).normal(size=(2, 3, *size)).astype(np.float32)
     LOG.info("exporting a seeded chain at %dx%d to %s", size[0], size[1], out)
     export_chain(n1, n2, g, out, direction="dep2sem", input_size=size, frames=frames,
