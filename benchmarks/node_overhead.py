@@ -80,11 +80,12 @@ def run_backend(model: Path, backend: str, rgb, frames: int, threads: int):
     from atdt_ros.imgproc import Preprocessor
 
     ns = f"/bench_{os.getpid()}"
+    node_log = tempfile.NamedTemporaryFile(prefix=f"node_{backend}_", suffix=".log", delete=False)
     proc = subprocess.Popen(
         [sys.executable, "-m", "atdt_ros.node", "--ros-args", "-r", f"__ns:={ns}",
          "-p", f"model_path:={model}", "-p", f"backend:={backend}", "-p", f"threads:={threads}",
          "-p", "input_qos:=reliable", "-p", "publish_semantic_color:=false"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        stdout=node_log, stderr=subprocess.STDOUT)
     rclpy.init()
     node = rclpy.create_node("atdt_bench")
     qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
@@ -154,12 +155,18 @@ def run_backend(model: Path, backend: str, rgb, frames: int, threads: int):
             cv.wait_for(lambda: int(diag.get("processed", "0")) >= frames + 3, 10)
             inside = dict(diag)
         return node_times, bare_times, inside
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}; node output in {node_log.name}") from None
     finally:
         executor.shutdown()
+        spinner.join(timeout=10)  # a spinning executor thread would starve this one of the GIL
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
         node.destroy_node()
         rclpy.shutdown()
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 if __name__ == "__main__":
