@@ -234,6 +234,22 @@ def test_a_seeded_stage_repeats_bit_for_bit(domains, tmp_path):
     assert any(not torch.equal(v, other[k]) for k, v in first.items())  # the seed matters
 
 
+def test_bf16_training_runs_or_falls_back_to_fp32_with_a_warning(domains, tmp_path, caplog):
+    from atdt_train.stages import load_weights, stage_dir, train_stage, weights_path
+
+    exp = experiment_from_dict(experiment(domains, tmp_path / "out", steps=2,
+                                          trainer={"precision": "bf16-mixed", "channels_last": True}))
+    with caplog.at_level(logging.WARNING):
+        train_stage(exp, "n2")
+    used = json.loads((stage_dir(exp, "n2") / "done.json").read_text())["precision"]
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert used == ("bf16-mixed" if native else "32")
+    if not native:  # emulated bf16 would be ~10x slower: the run says so and trains in fp32
+        assert "precision bf16-mixed is slow on this CPU" in caplog.text
+    weights = load_weights(weights_path(exp, "n2"))["state_dict"]
+    assert all(v.dtype != torch.bfloat16 and torch.isfinite(v.float()).all() for v in weights.values())
+
+
 def test_weights_record_their_decoder_and_older_records_load(domains, tmp_path):
     from atdt_train.models import FULL_RESOLUTION_WIDTHS, TaskNet
     from atdt_train.stages import atomic_torch_save, load_task_net, train_stage, weights_path
