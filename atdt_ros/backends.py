@@ -129,6 +129,21 @@ def _as_dict(out: Any) -> dict[str, Any]:
     return {"depth": depth, "semantic": semantic}
 
 
+def onnxruntime_options(threads: int = 0):
+    """ONNX Runtime session options of the node: ``threads`` intra-op threads (0: its default),
+    full graph optimisation, and idle worker threads that sleep instead of spinning (on a vehicle
+    the node shares its cores with other processes, which spinning threads would slow down)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads > 0:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OnnxRuntimeBackend:
     """The ONNX model run by ONNX Runtime (CPU, or CUDA when its provider is installed)."""
 
@@ -151,14 +166,7 @@ class OnnxRuntimeBackend:
                     f"device '{device}' requested but onnxruntime {ort.__version__} has no "
                     f"CUDAExecutionProvider (available: {ort.get_available_providers()})")
             providers.insert(0, "CUDAExecutionProvider")
-        options = ort.SessionOptions()
-        if threads > 0:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # idle worker threads sleep instead of spinning: on a vehicle the node shares its cores
-        # with other processes, which spinning threads would slow down between frames
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = onnxruntime_options(threads)
         try:
             self._session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:

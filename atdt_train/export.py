@@ -45,8 +45,18 @@ class ExportError(RuntimeError):
     """The chain cannot be exported, or an exported format fails the parity check."""
 
 
-def _chain_class() -> type:
+def labels(logits: "torch.Tensor") -> "torch.Tensor":
+    """Class ids from (N, C, H, W) logits, as the deployed chain computes them.
+
+    The argmax runs with the classes innermost: on CPU about 3x faster than over the channel
+    dimension of an NCHW tensor (copy included), with the same values.
+    """
     import torch
+
+    return logits.contiguous(memory_format=torch.channels_last).argmax(dim=1)
+
+
+def _chain_class() -> type:
     from torch import nn
 
     class Chain(nn.Module):
@@ -66,8 +76,7 @@ def _chain_class() -> type:
             task1 = self.d1(features, size)                 # N1 = D1∘E1
             task2 = self.d2(self.g(features), size)         # Eq. 4: D2(G(E1(x)))
             depth, logits = (task1, task2) if self.task1 == "depth" else (task2, task1)
-            # argmax over channels is ~10x faster on CPU with the classes innermost (same values)
-            return depth, logits.contiguous(memory_format=torch.channels_last).argmax(dim=1)
+            return depth, labels(logits)
 
     return Chain
 

@@ -6,6 +6,7 @@ Timings do not depend on what the weights learned, so the benchmarks use freshly
 
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 import time
@@ -20,6 +21,7 @@ LOG = logging.getLogger("benchmarks")
 SHIPPED_EXPERIMENT = Path(__file__).resolve().parent.parent / "config" / "experiments" / "sim_dep2sem.yaml"
 
 
+@functools.lru_cache(maxsize=1)
 def shipped_model() -> tuple[tuple[int, ...], int | None]:
     """(decoder widths, G width) of the shipped CPU experiment, the architecture the benchmarks time."""
     from atdt_train.config import load_experiment

@@ -96,23 +96,20 @@ def main() -> int:
     return 0
 
 
-def _labels_class():
+def _Labels(net):
+    """A semantic network as the node uses it: logits to class ids (the chain's argmax)."""
     import torch
 
-    class Labels(torch.nn.Module):
-        """A semantic network as the node uses it: logits to class ids."""
+    from atdt_train.export import labels
 
-        def __init__(self, net) -> None:
+    class Labels(torch.nn.Module):
+        def __init__(self) -> None:
             super().__init__()
             self.net = net
 
         def forward(self, x):
-            return self.net(x).contiguous(memory_format=torch.channels_last).argmax(dim=1)
-    return Labels
-
-
-def _Labels(net):
-    return _labels_class()(net).eval()
+            return labels(self.net(x))
+    return Labels().eval()
 
 
 def _onnx_runner(module, x, path: Path, threads: int):
@@ -120,14 +117,12 @@ def _onnx_runner(module, x, path: Path, threads: int):
     import onnxruntime as ort
     import torch
 
+    from atdt_ros.backends import onnxruntime_options
+
     with torch.inference_mode(False), torch.no_grad():
         torch.onnx.export(module, (x,), dynamo=True, verbose=False).save(str(path))
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the node does
-    if threads > 0:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), onnxruntime_options(threads),
+                                   providers=["CPUExecutionProvider"])
     name, feed = session.get_inputs()[0].name, x.numpy()
     return lambda: session.run(None, {name: feed})
 
