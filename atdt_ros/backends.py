@@ -207,8 +207,67 @@ def engine_key(model_hash: str, gpu_name: str, trt_version: str, precision: str)
     return f"{model_hash[:16]}_{gpu}_trt{trt}_{precision}"
 
 
+class EngineCache:
+    """Compiled engines of one artifact in ``<artifact>/engines/``, one file per key.
+
+    ``key`` (see :func:`engine_key`) names the model hash, GPU, TensorRT version and precision,
+    and a record ``<key>.json`` written next to each engine repeats it. An engine is reused only
+    when its record names the same key and it loads and runs on an example input; a missing,
+    foreign, corrupt or stale engine is rebuilt with a warning that says why, never a crash.
+    Engines and records are written atomically (temporary file, then rename), so a build
+    interrupted half-way leaves the previous engine or none, not a truncated file.
+    """
+
+    def __init__(self, directory: str | os.PathLike, key: str, record: dict[str, Any] | None = None):
+        self.key = key
+        self.record = {"key": key, **(record or {})}
+        self.directory = Path(directory) / ENGINES_DIR
+        self.engine_path = self.directory / f"{key}.ep"
+        self.record_path = self.directory / f"{key}.json"
+
+    def load(self, load: Any, check: Any) -> Any | None:
+        """The cached engine (``load(path)``, then ``check(engine)``), or None when unusable."""
+        if not self.engine_path.is_file():
+            return None
+        try:
+            if not self.record_path.is_file():
+                raise ValueError(f"its record {self.record_path.name} is missing")
+            recorded = json.loads(self.record_path.read_text()).get("key")
+            if recorded != self.key:
+                raise ValueError(f"its record names key {recorded!r}")
+            engine = load(self.engine_path)
+            check(engine)  # a stale engine fails here, not on the first camera frame
+        except Exception as exc:  # foreign, corrupt or stale: rebuild
+            LOG.warning("engine cache: %s unusable (%s: %s); rebuilding", self.engine_path,
+                        type(exc).__name__, exc)
+            return None
+        LOG.info("engine cache: loaded %s", self.engine_path)
+        return engine
+
+    def build(self, build: Any) -> Any:
+        """``build(temporary path)`` writes and returns a new engine; it replaces the cached one."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # the suffix stays last: savers may pick the file format from it
+        tmp = self.engine_path.with_name(f"{self.key}.{os.getpid()}.tmp{self.engine_path.suffix}")
+        try:
+            engine = build(tmp)
+            os.replace(tmp, self.engine_path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        write_atomic(self.record_path, json.dumps(self.record, indent=2) + "\n")
+        LOG.info("engine cache: wrote %s", self.engine_path)
+        return engine
+
+    def get(self, load: Any, check: Any, build: Any) -> tuple[Any, bool]:
+        """(engine, built): the cached engine when usable, else a freshly built one."""
+        engine = self.load(load, check)
+        if engine is not None:
+            return engine, False
+        return self.build(build), True
+
+
 class TensorRTBackend:
-    """The .pt2 program compiled by torch-tensorrt, with a keyed engine cache."""
+    """The .pt2 program compiled by torch-tensorrt, kept in an :class:`EngineCache`."""
 
     name = "tensorrt"
 
@@ -230,48 +289,29 @@ class TensorRTBackend:
         dev = torch.device(device)
         gpu = torch.cuda.get_device_name(dev)
         trt_version = _tensorrt_version(torch_tensorrt)
-        key = engine_key(metadata.model_hash, gpu, trt_version, precision)
-        engines = Path(directory) / ENGINES_DIR
-        engines.mkdir(exist_ok=True)
-        self.engine_path = engines / f"{key}.ep"
-        info_path = engines / f"{key}.json"
+        cache = EngineCache(directory, engine_key(metadata.model_hash, gpu, trt_version, precision),
+                            {"model_hash": metadata.model_hash, "gpu": gpu,
+                             "tensorrt": trt_version, "precision": precision})
+        self.engine_path = cache.engine_path
         inp = metadata.input
         example = torch.zeros(1, 3, inp.height, inp.width, device=dev)
-        module = None
-        if self.engine_path.is_file() and info_path.is_file():
-            try:
-                info = json.loads(info_path.read_text())
-                if info.get("key") != key:
-                    raise ValueError(f"cache info says key {info.get('key')}")
-                module = torch.export.load(str(self.engine_path)).module()
-                module(example)  # a stale engine fails here, not on the first frame
-                LOG.info("tensorrt: loaded cached engine %s", self.engine_path)
-            except Exception as exc:  # stale or foreign engine: rebuild
-                LOG.warning("tensorrt: cached engine %s unusable (%s: %s); rebuilding",
-                            self.engine_path, type(exc).__name__, exc)
-                module = None
-        if module is None:
-            module = self._build(directory, metadata, example, precision, torch_tensorrt)
-            write_atomic(info_path, json.dumps(
-                {"key": key, "model_hash": metadata.model_hash, "gpu": gpu,
-                 "tensorrt": trt_version, "precision": precision}, indent=2) + "\n")
-        self._module = module
-        self.built_only = build_only
+        program_path = format_path(directory, metadata, "pt2")
 
-    def _build(self, directory: Path, metadata: Metadata, example: Any, precision: str,
-               torch_tensorrt: Any) -> Any:
-        torch = self._torch
-        program = torch.export.load(str(format_path(directory, metadata, "pt2")))
-        LOG.info("tensorrt: compiling %s (%s); this takes a while", self.engine_path.name,
-                 precision)
-        dtypes = {torch.float16} if precision == "fp16" else {torch.float32}
-        trt_module = torch_tensorrt.dynamo.compile(
-            program, inputs=[example], enabled_precisions=dtypes,
-            device=torch_tensorrt.Device(self.device))
-        tmp = self.engine_path.with_name(self.engine_path.name + f".{os.getpid()}.tmp")
-        torch_tensorrt.save(trt_module, str(tmp), inputs=[example])
-        os.replace(tmp, self.engine_path)
-        return trt_module
+        def build(tmp: Path) -> Any:
+            program = torch.export.load(str(program_path))
+            LOG.info("tensorrt: compiling %s (%s); this takes a while", cache.engine_path.name,
+                     precision)
+            dtypes = {torch.float16} if precision == "fp16" else {torch.float32}
+            trt_module = torch_tensorrt.dynamo.compile(
+                program, inputs=[example], enabled_precisions=dtypes,
+                device=torch_tensorrt.Device(device))
+            torch_tensorrt.save(trt_module, str(tmp), inputs=[example])
+            return trt_module
+
+        self._module, self.built = cache.get(
+            load=lambda path: torch.export.load(str(path)).module(),
+            check=lambda module: module(example), build=build)
+        self.built_only = build_only
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run the engine on the GPU; outputs are copied back to host memory."""
