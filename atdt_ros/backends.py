@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -78,13 +79,17 @@ class TorchBackend:
 
     ``bf16`` runs it under bf16 autocast with channels-last tensors (about 2x faster than fp32 on
     CPUs with AVX-512 BF16 / AMX, docs/performance.md; its parity against fp32 is recorded by
-    the export as ``pt2_bf16``).
+    the export as ``pt2_bf16``). ``compile`` hands the program to torch.compile (inductor, with
+    freezing: batch norms folded into the convolutions, memory-bound layers fused) and compiles
+    it here, on a blank frame, so the first camera frame is not slow; inductor keeps what it
+    compiled in its cache directory (``TORCHINDUCTOR_CACHE_DIR``, by default under /tmp), which
+    makes later starts on the same machine several times quicker.
     """
 
     name = "torch"
 
     def __init__(self, directory: Path, metadata: Metadata, device: str = "cpu",
-                 threads: int = 0, precision: str = "fp32"):
+                 threads: int = 0, precision: str = "fp32", compile: bool = False):
         import torch
 
         if precision not in ("fp32", "bf16"):
@@ -92,7 +97,7 @@ class TorchBackend:
                                      f"'{precision}' needs backend tensorrt")
         path = format_path(directory, metadata, "pt2")
         _set_threads(threads)
-        self.device, self.precision = device, precision
+        self.device, self.precision, self.compiled = device, precision, bool(compile)
         self._device = _torch_device(device)
         try:
             program = torch.export.load(str(path))
@@ -104,21 +109,40 @@ class TorchBackend:
         if self._bf16 and self._device.type == "cpu" and not native_bf16():
             LOG.warning("precision bf16: this CPU has no native bf16 (AVX-512 BF16 / AMX); "
                         "emulated bf16 is many times slower than fp32")
-        if self._bf16:
+        self._channels_last = self._bf16 or self.compiled
+        if self._channels_last:
             self._module = self._module.to(memory_format=torch.channels_last)
         self._torch = torch
+        self.compile_seconds = 0.0
+        if self.compiled:
+            import torch._inductor.config as inductor_config
+
+            self._module = torch.compile(self._module, dynamic=False)
+            blank = np.zeros((1, 3, metadata.input.height, metadata.input.width), np.float32)
+            started = time.perf_counter()
+            try:
+                with inductor_config.patch(freezing=True):
+                    self.infer(blank)
+            except Exception as exc:  # no C++ compiler, unsupported op, ...
+                raise BackendUnavailable(f"backend torch with compile: torch.compile failed: "
+                                         f"{type(exc).__name__}: {exc}") from exc
+            self.compile_seconds = time.perf_counter() - started
+            LOG.info("torch.compile (%s, %s): ready in %.1f s", precision, device,
+                     self.compile_seconds)
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run the program; fp32 CPU outputs are returned without a copy."""
         torch = self._torch
-        with torch.inference_mode():
+        # inductor's freezing needs no_grad rather than inference mode
+        grad_off = torch.no_grad() if self.compiled else torch.inference_mode()
+        with grad_off:
             x = torch.from_numpy(batch).to(self._device, non_blocking=True)
-            if self._bf16:
-                with torch.autocast(self._device.type, dtype=torch.bfloat16):
-                    out = _as_dict(self._module(x.contiguous(memory_format=torch.channels_last)))
-                out["depth"] = out["depth"].float()
-            else:
+            if self._channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=self._bf16):
                 out = _as_dict(self._module(x))
+            if self._bf16:
+                out["depth"] = out["depth"].float()
         return {k: v.cpu().numpy() for k, v in out.items()}
 
 
@@ -352,8 +376,11 @@ def available(directory: str | os.PathLike, metadata: Metadata, device: str) -> 
 
 def open_backend(directory: str | os.PathLike, name: str = "auto", device: str = "cpu",
                  threads: int = 0, precision: str = "fp32", build_only: bool = False,
-                 metadata: Metadata | None = None) -> Backend:
-    """Load an artifact with the named backend; ``auto`` takes the first available one."""
+                 metadata: Metadata | None = None, compile: bool = False) -> Backend:
+    """Load an artifact with the named backend; ``auto`` takes the first available one.
+
+    ``compile`` (torch.compile) applies to the torch backend; ``auto`` then picks torch.
+    """
     directory = Path(directory)
     metadata = metadata or load_metadata(directory)
     if name not in ("auto",) + BACKENDS:
@@ -368,16 +395,21 @@ def open_backend(directory: str | os.PathLike, name: str = "auto", device: str =
             raise BackendUnavailable(f"no backend can run {directory} on '{device}' "
                                      f"(exported formats: {sorted(metadata.formats)})")
         name = choices[0]
-        if name == "onnxruntime" and precision == "bf16" and "torch" in choices:
+        if compile and "torch" in choices:
+            name = "torch"  # only the torch backend compiles
+        elif name == "onnxruntime" and precision == "bf16" and "torch" in choices:
             name = "torch"  # ONNX Runtime runs the fp32 model only; torch runs bf16
-        elif name != "tensorrt" and precision == "fp16":
+        if name != "tensorrt" and precision == "fp16":
             LOG.info("auto: precision fp16 needs tensorrt; using fp32")
             precision = "fp32"
         why = "" if name == "tensorrt" else f" (tensorrt: {tensorrt_status()[1]})"
         LOG.info("backend auto chose %s on %s%s", name, device, why)
+    if compile and name != "torch":
+        raise BackendUnavailable(f"compile applies to backend torch (torch.compile), not {name}; "
+                                 f"set backend torch or auto, or compile false")
     if name == "tensorrt":
         return TensorRTBackend(directory, metadata, device, threads, precision,
                                build_only=build_only)
     if name == "onnxruntime":
         return OnnxRuntimeBackend(directory, metadata, device, threads, precision)
-    return TorchBackend(directory, metadata, device, threads, precision)
+    return TorchBackend(directory, metadata, device, threads, precision, compile=compile)

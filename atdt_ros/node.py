@@ -43,6 +43,7 @@ PARAMETERS: dict[str, Any] = {
     "device": "cpu",               # cpu | cuda | cuda:N
     "threads": 0,                  # CPU threads for inference (0: library default)
     "precision": "fp32",           # fp32 | fp16 (tensorrt) | bf16
+    "compile": False,              # torch backend: torch.compile at start-up (CPU: fastest)
     "build_only": False,           # build/refresh the TensorRT engine cache, then exit
     "publish_depth": True,         # ~/depth and ~/camera_info
     "publish_semantic": True,      # ~/semantic
@@ -183,10 +184,17 @@ class PerceptionNode(Node):
         self._update_subscription()
         self.get_logger().info(
             f"ready: model {self.p['model_path']} ({self.metadata.direction}, input "
-            f"{inp.width}x{inp.height}), backend {self.backend.name} on {self.backend.device}; "
+            f"{inp.width}x{inp.height}), backend {self.backend.name} "
+            f"({self.backend.precision}{self._compiled_note()}) "
+            f"on {self.backend.device}; "
             f"{'processing every frame' if self.p['process_all'] else 'newest frame only'}")
 
     # ---- start-up -------------------------------------------------------------------------
+    def _compiled_note(self) -> str:
+        if not getattr(self.backend, "compiled", False):
+            return ""
+        return f", torch.compile took {self.backend.compile_seconds:.1f} s"
+
     def _read_parameters(self) -> dict[str, Any]:
         values = {}
         for name, default in PARAMETERS.items():
@@ -237,7 +245,8 @@ class PerceptionNode(Node):
         try:
             backend = open_backend(self.p["model_path"], name, self.p["device"],
                                    int(self.p["threads"]), self.p["precision"],
-                                   build_only=bool(self.p["build_only"]), metadata=self.metadata)
+                                   build_only=bool(self.p["build_only"]), metadata=self.metadata,
+                                   compile=bool(self.p["compile"]))
         except (BackendUnavailable, ArtifactError) as exc:
             raise StartupError(f"backend {name}: {exc}") from exc
         if name == "auto":
@@ -391,7 +400,9 @@ class PerceptionNode(Node):
             status.message = "running"
         values = {
             "backend": self.backend.name, "device": self.backend.device,
-            "precision": self.backend.precision, "model_hash": self.metadata.model_hash[:16],
+            "precision": self.backend.precision,
+            "compiled": str(bool(getattr(self.backend, "compiled", False))).lower(),
+            "model_hash": self.metadata.model_hash[:16],
             "input_rate_hz": f"{in_rate:.2f}", "processed_rate_hz": f"{out_rate:.2f}",
             "received": str(totals[0]), "processed": str(totals[1]),
             "dropped": str(totals[2]), "rejected": str(totals[3]),

@@ -88,6 +88,37 @@ def test_exported_formats_match_eager_and_metadata_records_it(chain) -> None:
     assert (out["semantic"] == ref_s[:1]).mean() >= 0.98
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compiled_torch_backend_matches_the_program(chain, precision, caplog) -> None:
+    import logging
+
+    if precision == "bf16" and not native_bf16():
+        pytest.skip("bf16 needs a CPU with native bf16 (AVX-512 BF16 / AMX); emulated is slow")
+    x = chain_helpers.parity_frames(2, seed=7)
+    ref = open_backend(chain, "torch")
+    with caplog.at_level(logging.INFO, logger="atdt_ros.backends"):
+        compiled = open_backend(chain, "auto", precision=precision, compile=True)
+    assert compiled.name == "torch"  # auto picks the backend that compiles
+    assert compiled.compiled and compiled.compile_seconds > 0
+    assert f"torch.compile ({precision}, cpu): ready in" in caplog.text
+    for i in range(2):
+        want, out = ref.infer(x[i:i + 1]), compiled.infer(x[i:i + 1])
+        assert out["depth"].dtype == np.float32 and out["depth"].shape == want["depth"].shape
+        if precision == "fp32":  # batch norms folded: float rounding only
+            np.testing.assert_allclose(out["depth"], want["depth"], atol=1e-3)
+            assert (out["semantic"] == want["semantic"]).mean() >= 0.999
+        else:
+            assert np.median(np.abs(out["depth"] - want["depth"]) / np.abs(want["depth"])) < 0.02
+            assert (out["semantic"] == want["semantic"]).mean() >= 0.98
+    uncompiled = open_backend(chain, "torch")
+    assert not uncompiled.compiled and uncompiled.compile_seconds == 0.0
+
+
+def test_compile_is_refused_for_other_backends(chain) -> None:
+    with pytest.raises(BackendUnavailable, match="compile applies to backend torch .* not onnxruntime"):
+        open_backend(chain, "onnxruntime", compile=True)
+
+
 def test_pt2_has_a_dynamic_batch(chain) -> None:
     module = torch.export.load(str(chain / "chain.pt2")).module()
     for n in (1, 3):
