@@ -7,6 +7,9 @@ bare chain (the same backend's ``infer`` on the same preprocessed frame) in this
 node idles. Overhead = node latency / bare inference - 1 (target <= 10% at 192x384, ResNet-18).
 
     nice -n 10 .venv/bin/python benchmarks/node_overhead.py [--size 192x384] [--backend onnxruntime]
+
+A backend setting is ``name[/precision][/compile]``, e.g. ``torch/bf16/compile`` for the node's
+``backend: torch, precision: bf16, compile: true`` (bare chain compiled the same way).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="192x384", help="network input and camera frame HxW")
     ap.add_argument("--frames", type=int, default=30)
-    ap.add_argument("--backend", nargs="*", default=["onnxruntime", "torch"])
+    ap.add_argument("--backend", nargs="*", default=["onnxruntime", "torch"],
+                    help="settings name[/precision][/compile], e.g. onnxruntime torch/bf16/compile")
     ap.add_argument("--threads", type=int, default=0, help="inference threads, node and bare (0: default)")
     ap.add_argument("--model", default=None, help="exported chain directory (default: a seeded one)")
     args = ap.parse_args()
@@ -52,23 +56,34 @@ def main() -> int:
         results[backend] = run_backend(model, backend, rgb, args.frames, args.threads)
     print()
     for backend, (node, bare, inside) in results.items():
-        print(f"{backend:12s} node publish->both outputs {common.summary(node)}")
-        print(f"{'':12s} bare chain inference      {common.summary(bare)}")
+        print(f"{backend:20s} node publish->both outputs {common.summary(node)}")
+        print(f"{'':20s} bare chain inference      {common.summary(bare)}")
         for label, n, b in (("medians", common.median(node), common.median(bare)),
                             ("fastest", min(node), min(bare))):
-            print(f"{'':12s} overhead ({label}): {100 * (n / b - 1):+.1f}% of the chain time "
+            print(f"{'':20s} overhead ({label}): {100 * (n / b - 1):+.1f}% of the chain time "
                   f"({(n - b) * 1e3:+.1f} ms; target <= 10%)")
         if inside:
             lat, inf = float(inside["latency_p50_ms"]), float(inside["inference_p50_ms"])
             e2e = common.median(node) * 1e3
-            print(f"{'':12s} inside the node (same frames): receipt->published p50 {lat:.1f} ms, "
+            print(f"{'':20s} inside the node (same frames): receipt->published p50 {lat:.1f} ms, "
                   f"inference p50 {inf:.1f} ms; node's own cost {lat - inf:.1f} ms "
                   f"({100 * (lat - inf) / inf:.1f}%), with DDS both ways {e2e - inf:.1f} ms "
                   f"({100 * (e2e - inf) / inf:.1f}%)")
     return 0
 
 
-def run_backend(model: Path, backend: str, rgb, frames: int, threads: int):
+def parse_setting(setting: str) -> tuple[str, str, bool]:
+    """'torch/bf16/compile' -> ('torch', 'bf16', True); precision defaults to fp32."""
+    name, *rest = setting.split("/")
+    unknown = [r for r in rest if r not in ("fp32", "bf16", "fp16", "compile")]
+    if unknown:
+        raise SystemExit(f"--backend {setting}: unknown part(s) {unknown} "
+                         f"(accepted: name[/fp32|bf16|fp16][/compile])")
+    precision = next((r for r in rest if r != "compile"), "fp32")
+    return name, precision, "compile" in rest
+
+
+def run_backend(model: Path, setting: str, rgb, frames: int, threads: int):
     """(node latencies, bare inference times) in seconds, interleaved frame by frame."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -79,11 +94,13 @@ def run_backend(model: Path, backend: str, rgb, frames: int, threads: int):
     from atdt_ros.backends import open_backend
     from atdt_ros.imgproc import Preprocessor
 
+    backend, precision, compile = parse_setting(setting)
     ns = f"/bench_{os.getpid()}"
     node_log = tempfile.NamedTemporaryFile(prefix=f"node_{backend}_", suffix=".log", delete=False)
     proc = subprocess.Popen(
         [sys.executable, "-m", "atdt_ros.node", "--ros-args", "-r", f"__ns:={ns}",
          "-p", f"model_path:={model}", "-p", f"backend:={backend}", "-p", f"threads:={threads}",
+         "-p", f"precision:={precision}", "-p", f"compile:={str(compile).lower()}",
          "-p", "input_qos:=reliable", "-p", "publish_semantic_color:=false"],
         stdout=node_log, stderr=subprocess.STDOUT)
     rclpy.init()
@@ -121,7 +138,7 @@ def run_backend(model: Path, backend: str, rgb, frames: int, threads: int):
     spinner.start()
 
     md = load_metadata(model)
-    bare = open_backend(model, backend, threads=threads)
+    bare = open_backend(model, backend, threads=threads, precision=precision, compile=compile)
     batch = Preprocessor(md.input.height, md.input.width, md.input.mean, md.input.std)(rgb, "rgb8").copy()
     msg = Image()
     msg.height, msg.width, msg.encoding, msg.step = rgb.shape[0], rgb.shape[1], "rgb8", rgb.shape[1] * 3
