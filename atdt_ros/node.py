@@ -2,11 +2,8 @@
 
 Both outputs come from one pass of the exported chain (Eq. 4: task 1 = D1(E1(x)), task 2 =
 D2(G(E1(x)))). Real-time by default: the subscription callback drops the newest frame into a
-one-slot mailbox (a frame replaced before it was processed counts as dropped) and the inference
-loop (:meth:`PerceptionNode.serve`, the process's main thread; the ROS executor spins in a
-second thread) takes frames from it, so a slow model never builds a backlog. Inference stays on
-the thread that loaded the model: a torch.compile'd chain ran 30-60 % slower when called from
-another thread (each thread gets its own OpenMP team, docs/performance.md). With ``process_all`` every
+one-slot mailbox (a frame replaced before it was processed counts as dropped) and a worker
+thread runs inference, so a slow model never builds a backlog. With ``process_all`` every
 frame is queued instead (accuracy mode for bag replay). The camera is subscribed only while
 some output has a subscriber, and each output is computed only for its subscribers.
 
@@ -26,7 +23,7 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data,
@@ -182,6 +179,8 @@ class PerceptionNode(Node):
         self.create_timer(0.2, self._update_subscription)
         self.create_timer(float(self.p["diagnostics_period"]), self._publish_diagnostics)
         self._running = True
+        self._worker = threading.Thread(target=self._work, name="atdt_inference", daemon=True)
+        self._worker.start()
         self._update_subscription()
         self.get_logger().info(
             f"ready: model {self.p['model_path']} ({self.metadata.direction}, input "
@@ -316,10 +315,8 @@ class PerceptionNode(Node):
             throttle_duration_sec=float(self.p["error_throttle"]))
 
     # ---- inference --------------------------------------------------------------------------
-    def serve(self) -> None:
-        """Run inference on mailbox frames in the calling thread until :meth:`shutdown` or the
-        ROS context shuts down (Ctrl-C, SIGTERM); an executor must spin the node elsewhere."""
-        while self._running and self.context.ok():
+    def _work(self) -> None:
+        while self._running:
             item = self.mailbox.get(timeout=0.5)
             if item is None:
                 continue
@@ -421,20 +418,11 @@ class PerceptionNode(Node):
         self.pub_diag.publish(msg)
 
     def shutdown(self) -> None:
-        """Make :meth:`serve` return."""
+        """Stop the inference thread."""
         if getattr(self, "_running", False):
             self._running = False
             self.mailbox.close()
-
-
-def _spin(executor: SingleThreadedExecutor, node: PerceptionNode) -> None:
-    """The executor thread: callbacks, timers and publishers' discovery; stops serve() on exit."""
-    try:
-        executor.spin()
-    except ExternalShutdownException:
-        pass
-    finally:
-        node.shutdown()
+            self._worker.join(timeout=5.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -454,14 +442,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"build_only: backend {node.backend.name} ready"
                 + (f", engine {where}" if where else " (nothing to build for this backend)"))
             return 0
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        spinner = threading.Thread(target=_spin, args=(executor, node), name="atdt_ros_executor",
-                                   daemon=True)
-        spinner.start()
-        node.serve()  # inference in this thread, where the backend was loaded (and compiled)
-        executor.shutdown(timeout_sec=5.0)
-        spinner.join(timeout=5.0)
+        rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
