@@ -2,7 +2,8 @@
 
 Measures, in one run: the matmul peak (fp32 and bf16, 2048^2), the chain's FLOPs, and the
 chain's time at 192x384 (ResNet-18) under each CPU setting: eager fp32, channels_last, bf16
-autocast, torch.compile (inductor with freezing), the deployed torch.export program (.pt2) and
+autocast, the deployed torch.export program (.pt2), that program under torch.compile (inductor
+with freezing, the node's ``compile: true``) and
 ONNX Runtime. Prints a table with GFLOP/s and the fraction of the matching peak.
 
     nice -n 10 .venv/bin/python benchmarks/cpu_efficiency.py [--size 192x384] [--rounds 10]
@@ -81,20 +82,15 @@ def main() -> int:
         pt2_bf16 = open_backend(model_dir, "torch", threads=args.threads, precision="bf16")
         variants["eager bf16 autocast + channels_last"] = (eager(cl, x_cl, True), peak16)
         variants[".pt2 bf16 (node precision bf16)"] = (lambda: pt2_bf16.infer(xn), peak16)
-    if not args.no_compile:
-        import torch._inductor.config as inductor
-
-        inductor.freezing = True
-        settings = [("torch.compile fp32 channels_last", False)]
+    if not args.no_compile:  # the node's compile: true (torch.compile of the .pt2, freezing)
+        settings = [("fp32", "torch.compile fp32 (node compile)")]
         if with_bf16:
-            settings.append(("torch.compile bf16 + channels_last", True))
-        for name, bf16 in settings:
-            compiled = torch.compile(build_chain(n1, n2, g, "dep2sem")
-                                     .to(memory_format=torch.channels_last))
+            settings.append(("bf16", "torch.compile bf16 (node compile + bf16)"))
+        for precision, name in settings:
             print(f"compiling {name} ...", flush=True)  # noqa: T201
-            fn = eager(compiled, x_cl, bf16)
-            fn()
-            variants[name] = (fn, peak16 if bf16 else peak32)
+            backend = open_backend(model_dir, "torch", threads=args.threads, precision=precision,
+                                   compile=True)
+            variants[name] = (lambda b=backend: b.infer(xn), peak16 if precision == "bf16" else peak32)
     times = common.interleaved({k: v[0] for k, v in variants.items()}, args.rounds)
     print(f"\n{'setting':42s} {'min ms':>8s} {'median':>8s} {'GFLOP/s':>8s} {'% peak':>7s} "
           f"{'vs eager':>8s}")

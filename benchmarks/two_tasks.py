@@ -4,10 +4,12 @@ The chain runs E1 once, then D1 for task 1 and G and D2 for task 2: D1(E1(x)), D
 with the semantic labels (argmax) as the node publishes them. It is timed against each single
 task network, N1 (depth) and N2 (semantic, with its argmax), interleaved in one run, in eager
 fp32, in ONNX Runtime (the node's CPU backend; each network exported with torch.onnx, batch 1)
-and, where the CPU has native bf16, bf16 autocast + channels_last (else fp32 + channels_last). Two separate networks cost N1 + N2, i.e. 2x their mean, so the headline ratio is
+and, where the CPU has native bf16, bf16 autocast + channels_last (else fp32 + channels_last);
+with ``--compile`` also that setting under torch.compile (inductor with freezing, as the node's
+``compile: true`` runs it). Two separate networks cost N1 + N2, i.e. 2x their mean, so the headline ratio is
 chain / mean(N1, N2); the ratios against N1 and N2 alone are printed too, with a FLOP breakdown.
 
-    nice -n 10 .venv/bin/python benchmarks/two_tasks.py [--size 192x384] [--hidden 256 128]
+    nice -n 10 .venv/bin/python benchmarks/two_tasks.py [--size 192x384] [--hidden 256 128] [--compile]
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def main() -> int:
                     help="G widths to compare (model.transfer_hidden; default: the shipped one)")
     ap.add_argument("--widths", default=None,
                     help="decoder widths, comma-separated (model.decoder_widths; default: the shipped ones)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the second setting under torch.compile (adds a few minutes)")
     args = ap.parse_args()
     import numpy as np
     import torch
@@ -63,6 +67,15 @@ def main() -> int:
             if channels_last:
                 chain = chain.to(memory_format=torch.channels_last)
             fns[f"chain G{hidden} {prec}"] = _runner(chain, xin, autocast)
+    if args.compile:
+        prec = f"compiled {second}"
+        xin = x.contiguous(memory_format=torch.channels_last)
+        n1, n2, _ = common.seeded_networks(widths=widths, hidden=hiddens[0])
+        fns[f"N1 depth {prec}"] = _compiled_runner(n1, xin, bf16)
+        fns[f"N2 semantic {prec}"] = _compiled_runner(_Labels(n2), xin, bf16)
+        for hidden in hiddens:
+            chain = build_chain(*common.seeded_networks(widths=widths, hidden=hidden), "dep2sem")
+            fns[f"chain G{hidden} {prec}"] = _compiled_runner(chain, xin, bf16)
     with tempfile.TemporaryDirectory(prefix="two_tasks.") as tmp:
         n1, n2, _ = common.seeded_networks(widths=widths, hidden=hiddens[0])
         fns["N1 depth onnxruntime"] = _onnx_runner(n1, x, Path(tmp) / "n1.onnx", args.threads)
@@ -85,8 +98,8 @@ def main() -> int:
               f"chain {total / 1e9:.2f}: FLOP ratio {total / single:.2f}x")
     times = common.interleaved(fns, args.rounds)
     for name, samples in times.items():
-        print(f"{name:24s} {common.summary(samples)}")
-    for prec in ("fp32", "onnxruntime", second):
+        print(f"{name:32s} {common.summary(samples)}")
+    for prec in ("fp32", "onnxruntime", second) + ((f"compiled {second}",) if args.compile else ()):
         t1, t2 = min(times[f"N1 depth {prec}"]), min(times[f"N2 semantic {prec}"])
         for hidden in hiddens:
             chain = min(times[f"chain G{hidden} {prec}"])
@@ -133,6 +146,25 @@ def _runner(module, x, bf16: bool):
     def run():
         with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
             return module(x)
+    return run
+
+
+def _compiled_runner(module, x, bf16: bool):
+    """``module`` under torch.compile, compiled now (freezing on), as the node's compile option."""
+    import time
+
+    import torch
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(module.to(memory_format=torch.channels_last), dynamic=False)
+
+    def run():
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            return compiled(x)
+    started = time.perf_counter()
+    with inductor_config.patch(freezing=True):
+        run()
+    print(f"compiled {type(module).__name__} in {time.perf_counter() - started:.1f} s", flush=True)
     return run
 
 
