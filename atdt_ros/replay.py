@@ -837,10 +837,12 @@ def _node_lines(diag: dict[str, str]) -> list[str]:
     if not diag:
         return []
     return [f"Node (its last /diagnostics; counters since it started): backend {diag.get('backend', '?')} on {diag.get('device', '?')}, "
-            f"precision {diag.get('precision', '?')}, model {diag.get('model_hash', '?')}; "
+            f"precision {diag.get('precision', '?')}"
+            f"{' (torch.compile)' if diag.get('compiled') == 'true' else ''}, model {diag.get('model_hash', '?')}; "
             f"received {diag.get('received', '?')}, processed {diag.get('processed', '?')}, "
-            f"dropped {diag.get('dropped', '?')}, rejected {diag.get('rejected', '?')}; inference latency "
-            f"p50 {diag.get('latency_p50_ms', '?')} ms, p95 {diag.get('latency_p95_ms', '?')} ms.", ""]
+            f"dropped {diag.get('dropped', '?')}, rejected {diag.get('rejected', '?')}; receipt to published "
+            f"p50 {diag.get('latency_p50_ms', '?')} ms, p95 {diag.get('latency_p95_ms', '?')} ms, of which "
+            f"the backend call p50 {diag.get('inference_p50_ms', '?')} ms.", ""]
 
 
 _DEPTH_NAMES = {"abs_rel": "Abs Rel", "sq_rel": "Sq Rel", "rmse": "RMSE", "rmse_log": "RMSE log",
