@@ -338,23 +338,29 @@ class PerceptionNode(Node):
         out = self.backend.infer(batch)
         inference = time.monotonic() - started
         height, width = msg.height, msg.width
+        # every output message is built before the first is published: once a subscriber starts
+        # receiving, its threads compete with this one for the CPU
+        ready = []
         if want_depth:
             info = self._camera_info
             focal = None
             if info is not None and info.k[0] > 0:
                 focal = info.k[0] * (width / info.width if info.width else 1.0)
             depth = self.post.depth_metres(out["depth"], height, width, focal)
-            self.pub_depth.publish(self._image(msg, depth, "32FC1"))
+            ready.append((self.pub_depth, self._image(msg, depth, "32FC1")))
             if info is not None:
                 scaled = scale_camera_info(info, height, width)
                 scaled.header = msg.header
-                self.pub_info.publish(scaled)
+                ready.append((self.pub_info, scaled))
         if want_semantic or want_color:
             labels = self.post.semantic_ids(out["semantic"], height, width)
             if want_semantic:
-                self.pub_semantic.publish(self._image(msg, labels, "mono8"))
+                ready.append((self.pub_semantic, self._image(msg, labels, "mono8")))
             if want_color:
-                self.pub_color.publish(self._image(msg, self.post.semantic_color(labels), "rgb8"))
+                ready.append((self.pub_color,
+                              self._image(msg, self.post.semantic_color(labels), "rgb8")))
+        for publisher, message in ready:
+            publisher.publish(message)
         with self._lock:
             self.counters.processed += 1
             self.counters.window_processed += 1

@@ -146,12 +146,14 @@ def running(chain, tmp_path_factory):
     params = _params_file(tmp, chain, backend="torch", input_qos="reliable", input_depth=10,
                           threads=1, diagnostics_period=0.3, error_throttle=0.1)
     proc = _start(params)
-    client = Client()
+    client = None
     try:
+        client = Client()
         client.wait_for_node_subscription(proc)
         yield proc, client, chain
     finally:
-        client.close()
+        if client is not None:
+            client.close()
         proc.terminate()
         try:
             out, _ = proc.communicate(timeout=10)

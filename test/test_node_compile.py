@@ -4,6 +4,7 @@ the module-scoped node of test_node.py holds rclpy's context until that module e
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -22,8 +23,9 @@ def test_compiled_node_publishes_the_chain_outputs(chain, tmp_path) -> None:
     params = _params_file(tmp_path, chain, backend="torch", compile=True, input_qos="reliable",
                           threads=1, diagnostics_period=0.3, publish_semantic_color=False)
     proc = _start(params)
-    client = Client()
+    client = None
     try:
+        client = Client()
         client.wait_for_node_subscription(proc)
         rgb = _frame(3)
         client.pub_image.publish(client.image(rgb, "rgb8", (9, 1)))
@@ -38,7 +40,12 @@ def test_compiled_node_publishes_the_chain_outputs(chain, tmp_path) -> None:
         diag = client.diagnostics()
         assert (diag["backend"], diag["compiled"], diag["precision"]) == ("torch", "true", "fp32")
     finally:
-        client.close()
+        if client is not None:
+            client.close()
         proc.terminate()
-        out, _ = proc.communicate(timeout=20)
+        try:
+            out, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
     assert "backend torch (fp32, torch.compile took " in out
