@@ -448,7 +448,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"build_only: backend {node.backend.name} ready"
                 + (f", engine {where}" if where else " (nothing to build for this backend)"))
             return 0
-        rclpy.spin(node)
+        try:
+            rclpy.spin(node)
+        except Exception:
+            if node.context.ok():
+                raise
+            # SIGINT/SIGTERM shut the context down while the executor was between waits; rclpy
+            # then raises (RCLError: context not valid) instead of ExternalShutdownException
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -368,6 +368,32 @@ def test_compile_with_another_backend_stops_naming_both(tmp_path, chain) -> None
     assert "backend onnxruntime: compile applies to backend torch" in out
 
 
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_node_cleanly(tmp_path, chain, signal_name) -> None:
+    import signal
+
+    # a shutdown while a timer callback runs made rclpy raise RCLError (context not valid)
+    # instead of ExternalShutdownException
+    proc = _start(_params_file(tmp_path, chain, backend="torch"))
+    lines = []
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not any("ready:" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, f"the node exited early:\n{''.join(lines)}"
+            lines.append(line)
+            assert time.monotonic() < deadline, "the node never said it was ready"
+        time.sleep(1.0)  # let the executor settle into its wait loop
+        proc.send_signal(getattr(signal, signal_name))
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, "".join(lines) + out
+    assert "Traceback" not in out, out
+
+
 def test_mailbox_keeps_the_newest_frame_or_every_frame_in_accuracy_mode() -> None:
     from atdt_ros.node import Mailbox
 
