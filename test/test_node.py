@@ -134,6 +134,19 @@ class Client:
         rclpy.shutdown()
 
 
+def _stop(proc: subprocess.Popen, client: Client | None, timeout: float = 20.0) -> str:
+    """Close the test client (if it started) and stop the node; the node's output."""
+    if client is not None:
+        client.close()
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory) -> Path:
     return chain_helpers.exported_chain(tmp_path_factory)
@@ -152,15 +165,7 @@ def running(chain, tmp_path_factory):
         client.wait_for_node_subscription(proc)
         yield proc, client, chain
     finally:
-        if client is not None:
-            client.close()
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        print(out)
+        print(_stop(proc, client))
 
 
 def _expected(chain: Path, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -4,13 +4,12 @@ the module-scoped node of test_node.py holds rclpy's context until that module e
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
 
 import chain_helpers
-from test_node import Client, _expected, _frame, _image_array, _params_file, _start
+from test_node import Client, _expected, _frame, _image_array, _params_file, _start, _stop
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +39,5 @@ def test_compiled_node_publishes_the_chain_outputs(chain, tmp_path) -> None:
         diag = client.diagnostics()
         assert (diag["backend"], diag["compiled"], diag["precision"]) == ("torch", "true", "fp32")
     finally:
-        if client is not None:
-            client.close()
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+        out = _stop(proc, client)
     assert "backend torch (fp32, torch.compile took " in out
