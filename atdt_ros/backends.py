@@ -41,6 +41,7 @@ class Backend(Protocol):
     name: str
     device: str
     precision: str
+    compiled: bool  # torch.compile'd at start-up (the torch backend's ``compile``)
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run the chain on a (1, 3, H, W) float32 batch; returns depth and semantic arrays."""
@@ -72,6 +73,18 @@ def native_bf16() -> bool:
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
                   if line.startswith("flags")), [])
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def compile_frozen(module: Any, first_call: Any) -> Any:
+    """``module`` under torch.compile, compiled now by ``first_call(compiled)`` with inductor's
+    freezing on (batch norms folded into the convolutions, weights treated as constants)."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(module, dynamic=False)
+    with inductor_config.patch(freezing=True):
+        first_call(compiled)
+    return compiled
 
 
 class TorchBackend:
@@ -115,14 +128,14 @@ class TorchBackend:
         self._torch = torch
         self.compile_seconds = 0.0
         if self.compiled:
-            import torch._inductor.config as inductor_config
-
-            self._module = torch.compile(self._module, dynamic=False)
             blank = np.zeros((1, 3, metadata.input.height, metadata.input.width), np.float32)
-            started = time.perf_counter()
+            eager, started = self._module, time.perf_counter()
+
+            def first_call(compiled: Any) -> None:
+                self._module = compiled
+                self.infer(blank)
             try:
-                with inductor_config.patch(freezing=True):
-                    self.infer(blank)
+                self._module = compile_frozen(eager, first_call)
             except Exception as exc:  # no C++ compiler, unsupported op, ...
                 raise BackendUnavailable(f"backend torch with compile: torch.compile failed: "
                                          f"{type(exc).__name__}: {exc}") from exc
@@ -172,6 +185,7 @@ class OnnxRuntimeBackend:
     """The ONNX model run by ONNX Runtime (CPU, or CUDA when its provider is installed)."""
 
     name = "onnxruntime"
+    compiled = False
 
     def __init__(self, directory: Path, metadata: Metadata, device: str = "cpu",
                  threads: int = 0, precision: str = "fp32"):
@@ -294,6 +308,7 @@ class TensorRTBackend:
     """The .pt2 program compiled by torch-tensorrt, kept in an :class:`EngineCache`."""
 
     name = "tensorrt"
+    compiled = False  # compiled by TensorRT, not torch.compile
 
     def __init__(self, directory: Path, metadata: Metadata, device: str = "cuda",
                  threads: int = 0, precision: str = "fp16", build_only: bool = False):

@@ -191,7 +191,7 @@ class PerceptionNode(Node):
 
     # ---- start-up -------------------------------------------------------------------------
     def _compiled_note(self) -> str:
-        if not getattr(self.backend, "compiled", False):
+        if not self.backend.compiled:
             return ""
         return f", torch.compile took {self.backend.compile_seconds:.1f} s"
 
@@ -407,7 +407,7 @@ class PerceptionNode(Node):
         values = {
             "backend": self.backend.name, "device": self.backend.device,
             "precision": self.backend.precision,
-            "compiled": str(bool(getattr(self.backend, "compiled", False))).lower(),
+            "compiled": str(self.backend.compiled).lower(),
             "model_hash": self.metadata.model_hash[:16],
             "input_rate_hz": f"{in_rate:.2f}", "processed_rate_hz": f"{out_rate:.2f}",
             "received": str(totals[0]), "processed": str(totals[1]),

@@ -55,35 +55,24 @@ def main() -> int:
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 3, h, w)).astype(np.float32))
 
     fns, flops = {}, {}
-    for prec, channels_last, autocast in (("fp32", False, False), (second, True, bf16)):
+
+    def add(prec: str, runner) -> None:
+        """N1, N2 (with its argmax) and the chain for each G width, each as ``runner(module, tag)``."""
         n1, n2, _ = common.seeded_networks(widths=widths, hidden=hiddens[0])
-        xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-        if channels_last:
-            n1, n2 = n1.to(memory_format=torch.channels_last), n2.to(memory_format=torch.channels_last)
-        fns[f"N1 depth {prec}"] = _runner(n1, xin, autocast)
-        fns[f"N2 semantic {prec}"] = _runner(_Labels(n2), xin, autocast)
+        modules = {"N1 depth": n1, "N2 semantic": _Labels(n2)}
         for hidden in hiddens:
-            chain = build_chain(*common.seeded_networks(widths=widths, hidden=hidden), "dep2sem")
-            if channels_last:
-                chain = chain.to(memory_format=torch.channels_last)
-            fns[f"chain G{hidden} {prec}"] = _runner(chain, xin, autocast)
+            modules[f"chain G{hidden}"] = build_chain(
+                *common.seeded_networks(widths=widths, hidden=hidden), "dep2sem")
+        for name, module in modules.items():
+            fns[f"{name} {prec}"] = runner(module, name.replace(" ", "_"))
+
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    add("fp32", lambda m, _: _runner(m, x, False))
+    add(second, lambda m, _: _runner(m.to(memory_format=torch.channels_last), x_cl, bf16))
     if args.compile:
-        prec = f"compiled {second}"
-        xin = x.contiguous(memory_format=torch.channels_last)
-        n1, n2, _ = common.seeded_networks(widths=widths, hidden=hiddens[0])
-        fns[f"N1 depth {prec}"] = _compiled_runner(n1, xin, bf16)
-        fns[f"N2 semantic {prec}"] = _compiled_runner(_Labels(n2), xin, bf16)
-        for hidden in hiddens:
-            chain = build_chain(*common.seeded_networks(widths=widths, hidden=hidden), "dep2sem")
-            fns[f"chain G{hidden} {prec}"] = _compiled_runner(chain, xin, bf16)
+        add(f"compiled {second}", lambda m, _: _compiled_runner(m, x_cl, bf16))
     with tempfile.TemporaryDirectory(prefix="two_tasks.") as tmp:
-        n1, n2, _ = common.seeded_networks(widths=widths, hidden=hiddens[0])
-        fns["N1 depth onnxruntime"] = _onnx_runner(n1, x, Path(tmp) / "n1.onnx", args.threads)
-        fns["N2 semantic onnxruntime"] = _onnx_runner(_Labels(n2), x, Path(tmp) / "n2.onnx", args.threads)
-        for hidden in hiddens:
-            chain = build_chain(*common.seeded_networks(widths=widths, hidden=hidden), "dep2sem")
-            fns[f"chain G{hidden} onnxruntime"] = _onnx_runner(chain, x, Path(tmp) / f"c{hidden}.onnx",
-                                                               args.threads)
+        add("onnxruntime", lambda m, tag: _onnx_runner(m, x, Path(tmp) / f"{tag}.onnx", args.threads))
     for hidden in hiddens:
         n1, n2, g = common.seeded_networks(widths=widths, hidden=hidden)
         f = n1.encoder(x)
@@ -150,22 +139,20 @@ def _runner(module, x, bf16: bool):
 
 
 def _compiled_runner(module, x, bf16: bool):
-    """``module`` under torch.compile, compiled now (freezing on), as the node's compile option."""
+    """``module`` compiled as the node's ``compile: true`` compiles it (compiled now)."""
     import time
 
     import torch
-    import torch._inductor.config as inductor_config
 
-    compiled = torch.compile(module.to(memory_format=torch.channels_last), dynamic=False)
+    from atdt_ros.backends import compile_frozen
 
-    def run():
+    def call(m):
         with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-            return compiled(x)
+            return m(x)
     started = time.perf_counter()
-    with inductor_config.patch(freezing=True):
-        run()
+    compiled = compile_frozen(module.to(memory_format=torch.channels_last), call)
     print(f"compiled {type(module).__name__} in {time.perf_counter() - started:.1f} s", flush=True)
-    return run
+    return lambda: call(compiled)
 
 
 if __name__ == "__main__":
