@@ -6,3 +6,8 @@ training code; rclpy only in :mod:`atdt_ros.node` (and the replay tool).
 """
 
 __version__ = "0.1.0"
+
+from atdt_ros import privacy as _privacy
+
+# before any library loads: ONNX Runtime reads its telemetry switch once, at initialisation
+_privacy.disable_telemetry()

@@ -6,6 +6,13 @@ task of each output, the class map, depth units and range, how to turn the depth
 metres) and what produced it (source checkpoint hashes, model hash, library versions, parity
 measured against the eager model). ``format_version`` is checked on load: a reader refuses
 artifacts written by a newer, incompatible format.
+
+Every file of the chain is listed in ``files`` with its SHA-256; :func:`format_path` hands a
+reader a format's file only after checking that each file of that format lies inside the
+artifact directory (no absolute path, no ``..``, no symbolic link out of it) and has the recorded
+hash. Which formats may be loaded at all is the backends' business: a .pt2 program is unpickled
+by ``torch.export.load`` and can run code, so it needs the reader's explicit trust
+(:mod:`atdt_ros.backends`).
 """
 
 from __future__ import annotations
@@ -13,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION: int = 1
-"""Version of the metadata schema below; bumped on any incompatible change."""
+FORMAT_VERSION: int = 2
+"""Version of the metadata schema below; bumped on any incompatible change (2: ``files``)."""
 
 METADATA_FILE: str = "metadata.json"
 ENGINES_DIR: str = "engines"
@@ -31,6 +39,8 @@ IMAGE_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 FORMAT_FILES: dict[str, str] = {"pt2": "chain.pt2", "onnx": "chain.onnx"}
 """Weight file of each portable export format inside the artifact directory."""
+FORMAT_COMPANIONS: dict[str, tuple[str, ...]] = {"onnx": (".data",)}
+"""Suffixes of files a format's main file brings along (ONNX external data: chain.onnx.data)."""
 
 TASKS: tuple[str, ...] = ("depth", "semantic")
 DIRECTIONS: dict[str, tuple[str, str]] = {
@@ -116,6 +126,7 @@ class Metadata:
     parity: dict[str, dict[str, float]]
     sources: dict[str, str]
     model_hash: str
+    files: dict[str, str]  # relative path -> SHA-256 of every file of the chain
     versions: dict[str, str]
     created: str
     format_version: int = FORMAT_VERSION
@@ -270,6 +281,17 @@ def validate(raw: dict, source: str = METADATA_FILE) -> Metadata:
     if (tasks.get("task1"), tasks.get("task2")) != DIRECTIONS[direction]:
         raise ArtifactError(f"{where}.tasks: {tasks} does not match direction {direction}")
     formats = {str(k): str(v) for k, v in _need(raw, "formats", dict, where).items()}
+    files = _need(raw, "files", dict, where)
+    for rel, digest in files.items():
+        _relative_inside(rel, f"{where}.files")
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ArtifactError(f"{where}.files.{rel}: expected a SHA-256 hex digest, "
+                                f"got {digest!r}")
+    for fmt, rel in formats.items():
+        _relative_inside(rel, f"{where}.formats.{fmt}")
+        if rel not in files:
+            raise ArtifactError(f"{where}.formats.{fmt}: {rel!r} has no hash in 'files' "
+                                f"(listed: {', '.join(sorted(files)) or 'none'})")
     tol = _need(raw, "parity_tolerance", dict, where)
     tolerance = ParityTolerance(float(_need(tol, "depth_max_abs", float, where + ".parity_tolerance")),
                                 float(_need(tol, "semantic_min_agreement", float,
@@ -278,21 +300,60 @@ def validate(raw: dict, source: str = METADATA_FILE) -> Metadata:
         input=input_spec, outputs=outputs, classes=class_spec, depth=depth_spec,
         direction=direction, tasks=dict(tasks), formats=formats, parity_tolerance=tolerance,
         parity=_need(raw, "parity", dict, where), sources=_need(raw, "sources", dict, where),
-        model_hash=_need(raw, "model_hash", str, where),
+        model_hash=_need(raw, "model_hash", str, where), files=dict(files),
         versions=_need(raw, "versions", dict, where), created=_need(raw, "created", str, where),
         format_version=version, extra=raw.get("extra", {}) or {},
     )
 
 
+def _relative_inside(rel: Any, where: str) -> None:
+    """Refuse a path recorded in metadata that could name a file outside the artifact."""
+    if not isinstance(rel, str) or not rel:
+        raise ArtifactError(f"{where}: expected a file name inside the model directory, "
+                            f"got {rel!r}")
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or "\\" in rel or any(p == ".." for p in parts):
+        raise ArtifactError(f"{where}: {rel!r} points outside the model directory (accepted: "
+                            f"a relative path without '..', such as 'chain.onnx')")
+
+
+def format_files(metadata: Metadata, fmt: str) -> list[str]:
+    """The files (relative paths) a format needs: its main file and its companions."""
+    main = metadata.formats[fmt]
+    return [main] + [main + s for s in FORMAT_COMPANIONS.get(fmt, ()) if main + s in metadata.files]
+
+
+def verified_file(directory: str | os.PathLike, metadata: Metadata, rel: str) -> Path:
+    """``directory/rel`` after checking that it stays inside ``directory`` (symbolic links
+    resolved) and that its bytes have the SHA-256 recorded in ``files``; ArtifactError naming
+    the file and the reason otherwise."""
+    _relative_inside(rel, f"{METADATA_FILE}: file")
+    root = Path(directory).resolve()
+    path = Path(directory) / rel
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing (listed in {METADATA_FILE})")
+    if not path.resolve().is_relative_to(root):
+        raise ArtifactError(f"{path} resolves to {path.resolve()}, outside the model directory "
+                            f"{root}: refused")
+    expected = metadata.files.get(rel)
+    if expected is None:
+        raise ArtifactError(f"{path} has no SHA-256 in {METADATA_FILE} 'files': refused")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ArtifactError(f"{path} does not match its SHA-256 in {METADATA_FILE} (file "
+                            f"{actual[:16]}..., recorded {expected[:16]}...): modified or "
+                            f"replaced since export; refused")
+    return path
+
+
 def format_path(directory: str | os.PathLike, metadata: Metadata, fmt: str) -> Path:
-    """Path of an exported format's weight file; ArtifactError when it was not exported."""
+    """Path of an exported format's main file, every file of the format verified
+    (:func:`verified_file`); ArtifactError when it was not exported or fails a check."""
     if fmt not in metadata.formats:
         raise ArtifactError(f"{directory}: format '{fmt}' was not exported "
                             f"(exported: {', '.join(sorted(metadata.formats)) or 'none'})")
-    path = Path(directory) / metadata.formats[fmt]
-    if not path.is_file():
-        raise ArtifactError(f"{path} is missing (listed in {METADATA_FILE} for format '{fmt}')")
-    return path
+    paths = [verified_file(directory, metadata, rel) for rel in format_files(metadata, fmt)]
+    return paths[0]
 
 
 def depth_to_metres_scale(depth: DepthSpec, focal_px: float | None, input_width: int,

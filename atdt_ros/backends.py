@@ -6,6 +6,14 @@ are probed defensively (torch-tensorrt raises a plain Exception on import withou
 engines are compiled from the .pt2 program and cached in ``engines/`` under a key made of the
 model hash, GPU name, TensorRT version and precision: a cached engine for anything else is
 never loaded, and one that fails to load is rebuilt, never a crash.
+
+What may be loaded: ONNX (backend onnxruntime) is data, parsed without running code, and is
+the default. A .pt2 program (backends torch and tensorrt, and the engines the TensorRT cache
+keeps) is read by ``torch.export.load``, which unpickles parts of the archive: a crafted file
+runs code as the node's user. Those backends therefore open only with ``trust_model_code``
+set by the user. Every file is checked against its SHA-256 in metadata.json first
+(:func:`atdt_ros.artifact.format_path`), and every cached engine against the SHA-256 its
+record holds.
 """
 
 from __future__ import annotations
@@ -21,18 +29,32 @@ from typing import Any, Protocol
 import numpy as np
 
 from atdt_ros.artifact import (
-    ENGINES_DIR, ArtifactError, Metadata, format_path, load_metadata, write_atomic,
+    ENGINES_DIR, ArtifactError, Metadata, format_path, load_metadata, sha256_file, write_atomic,
 )
+from atdt_ros.privacy import UnsafeCacheError, compiler_cache_env
 
 LOG = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("tensorrt", "onnxruntime", "torch")
 """Backend names in the order ``auto`` prefers them (fastest first)."""
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+UNPICKLING: tuple[str, ...] = ("tensorrt", "torch")
+"""Backends that read the .pt2 program with torch.export.load (pickle): need trust_model_code."""
 
 
 class BackendUnavailable(RuntimeError):
     """A requested backend cannot run here; the message says why."""
+
+
+def require_trust(name: str, directory: Path, metadata: Metadata, trust_model_code: bool) -> None:
+    """Refuse an unpickling backend unless the user trusts the model's code."""
+    if trust_model_code:
+        return
+    pt2 = Path(directory) / metadata.formats.get("pt2", "chain.pt2")
+    raise BackendUnavailable(
+        f"backend {name} would load {pt2} with torch.export.load, which unpickles and can run "
+        f"code from the file; refused without trust_model_code: true (set it only for a model "
+        f"you exported yourself or otherwise trust; backend onnxruntime needs no trust)")
 
 
 class Backend(Protocol):
@@ -77,7 +99,16 @@ def native_bf16() -> bool:
 
 def compile_frozen(module: Any, first_call: Any) -> Any:
     """``module`` under torch.compile, compiled now by ``first_call(compiled)`` with inductor's
-    freezing on (batch norms folded into the convolutions, weights treated as constants)."""
+    freezing on (batch norms folded into the convolutions, weights treated as constants).
+
+    Inductor and Triton keep what they compile in private cache directories
+    (:func:`atdt_ros.privacy.compiler_cache_env`), never in the shared temporary directory:
+    they load what they find there, so a directory another user can write is refused.
+    """
+    try:
+        compiler_cache_env()
+    except UnsafeCacheError as exc:
+        raise BackendUnavailable(f"torch.compile: {exc}") from exc
     import torch
     import torch._inductor.config as inductor_config
 
@@ -95,14 +126,17 @@ class TorchBackend:
     the export as ``pt2_bf16``). ``compile`` hands the program to torch.compile (inductor, with
     freezing: batch norms folded into the convolutions, memory-bound layers fused) and compiles
     it here, on a blank frame, so the first camera frame is not slow; inductor keeps what it
-    compiled in its cache directory (``TORCHINDUCTOR_CACHE_DIR``, by default under /tmp), which
-    makes later starts on the same machine several times quicker.
+    compiled in a private cache directory (``TORCHINDUCTOR_CACHE_DIR``, by default
+    ``~/.cache/atdt/torchinductor``), which makes later starts on the same machine several times
+    quicker. Loading the .pt2 program unpickles: it needs ``trust_model_code``.
     """
 
     name = "torch"
 
     def __init__(self, directory: Path, metadata: Metadata, device: str = "cpu",
-                 threads: int = 0, precision: str = "fp32", compile: bool = False):
+                 threads: int = 0, precision: str = "fp32", compile: bool = False,
+                 trust_model_code: bool = False):
+        require_trust(self.name, directory, metadata, trust_model_code)
         import torch
 
         if precision not in ("fp32", "bf16"):
@@ -249,8 +283,10 @@ class EngineCache:
     """Compiled engines of one artifact in ``<artifact>/engines/``, one file per key.
 
     ``key`` (see :func:`engine_key`) names the model hash, GPU, TensorRT version and precision,
-    and a record ``<key>.json`` written next to each engine repeats it. An engine is reused only
-    when its record names the same key and it loads and runs on an example input; a missing,
+    and a record ``<key>.json`` written next to each engine repeats it with the engine's
+    SHA-256. An engine is loaded only when its record names the same key and its bytes have the
+    recorded hash (an engine file put there by anyone but this cache is never unpickled), and
+    it is reused only when it then runs on an example input; a missing,
     foreign, corrupt or stale engine is rebuilt with a warning that says why, never a crash.
     Engines and records are written atomically (temporary file, then rename), so a build
     interrupted half-way leaves the previous engine or none, not a truncated file.
@@ -270,9 +306,15 @@ class EngineCache:
         try:
             if not self.record_path.is_file():
                 raise ValueError(f"its record {self.record_path.name} is missing")
-            recorded = json.loads(self.record_path.read_text()).get("key")
+            record = json.loads(self.record_path.read_text())
+            recorded = record.get("key")
             if recorded != self.key:
                 raise ValueError(f"its record names key {recorded!r}")
+            digest = sha256_file(self.engine_path)
+            if digest != record.get("sha256"):
+                raise ValueError(f"its SHA-256 {digest[:16]}... is not the one its record holds "
+                                 f"({str(record.get('sha256'))[:16]}...): not written by this "
+                                 f"cache, not loaded")
             engine = load(self.engine_path)
             check(engine)  # a stale engine fails here, not on the first camera frame
         except Exception as exc:  # foreign, corrupt or stale: rebuild
@@ -289,10 +331,11 @@ class EngineCache:
         tmp = self.engine_path.with_name(f"{self.key}.{os.getpid()}.tmp{self.engine_path.suffix}")
         try:
             engine = build(tmp)
+            digest = sha256_file(tmp)
             os.replace(tmp, self.engine_path)
         finally:
             tmp.unlink(missing_ok=True)
-        write_atomic(self.record_path, json.dumps(self.record, indent=2) + "\n")
+        write_atomic(self.record_path, json.dumps({**self.record, "sha256": digest}, indent=2) + "\n")
         LOG.info("engine cache: wrote %s", self.engine_path)
         return engine
 
@@ -311,7 +354,9 @@ class TensorRTBackend:
     compiled = False  # compiled by TensorRT, not torch.compile
 
     def __init__(self, directory: Path, metadata: Metadata, device: str = "cuda",
-                 threads: int = 0, precision: str = "fp16", build_only: bool = False):
+                 threads: int = 0, precision: str = "fp16", build_only: bool = False,
+                 trust_model_code: bool = False):
+        require_trust(self.name, directory, metadata, trust_model_code)
         ok, why = tensorrt_status()
         if not ok:
             raise BackendUnavailable(f"backend tensorrt is unavailable: {why}")
@@ -370,10 +415,12 @@ def _tensorrt_version(torch_tensorrt: Any) -> str:
         return "unknown-" + str(torch_tensorrt.__version__)
 
 
-def available(directory: str | os.PathLike, metadata: Metadata, device: str) -> list[str]:
-    """Backends that can run this artifact here, in ``auto``'s order of preference."""
+def available(directory: str | os.PathLike, metadata: Metadata, device: str,
+              trust_model_code: bool = False) -> list[str]:
+    """Backends that can run this artifact here, in ``auto``'s order of preference; the
+    unpickling ones (:data:`UNPICKLING`) only with ``trust_model_code``."""
     names = []
-    if "pt2" in metadata.formats and tensorrt_status()[0]:
+    if "pt2" in metadata.formats and trust_model_code and tensorrt_status()[0]:
         names.append("tensorrt")
     if "onnx" in metadata.formats:
         try:
@@ -384,17 +431,20 @@ def available(directory: str | os.PathLike, metadata: Metadata, device: str) -> 
                 names.append("onnxruntime")
         except ImportError:
             pass
-    if "pt2" in metadata.formats:
+    if "pt2" in metadata.formats and trust_model_code:
         names.append("torch")
     return names
 
 
 def open_backend(directory: str | os.PathLike, name: str = "auto", device: str = "cpu",
                  threads: int = 0, precision: str = "fp32", build_only: bool = False,
-                 metadata: Metadata | None = None, compile: bool = False) -> Backend:
+                 metadata: Metadata | None = None, compile: bool = False,
+                 trust_model_code: bool = False) -> Backend:
     """Load an artifact with the named backend; ``auto`` takes the first available one.
 
     ``compile`` (torch.compile) applies to the torch backend; ``auto`` then picks torch.
+    ``trust_model_code`` allows the backends that unpickle the .pt2 program (torch, tensorrt);
+    without it ``auto`` considers ONNX Runtime only.
     """
     directory = Path(directory)
     metadata = metadata or load_metadata(directory)
@@ -405,10 +455,18 @@ def open_backend(directory: str | os.PathLike, name: str = "auto", device: str =
         raise BackendUnavailable(f"unknown precision '{precision}' (accepted: "
                                  f"{', '.join(PRECISIONS)})")
     if name == "auto":
-        choices = available(directory, metadata, device)
+        choices = available(directory, metadata, device, trust_model_code)
+        untrusted = "" if trust_model_code or "pt2" not in metadata.formats else \
+            "; backends torch and tensorrt need trust_model_code: true (they unpickle chain.pt2)"
         if not choices:
             raise BackendUnavailable(f"no backend can run {directory} on '{device}' "
-                                     f"(exported formats: {sorted(metadata.formats)})")
+                                     f"(exported formats: {sorted(metadata.formats)}{untrusted})")
+        if (compile or precision == "bf16") and "torch" not in choices and untrusted:
+            wanted = "compile" if compile else "precision bf16"
+            raise BackendUnavailable(f"{wanted} needs backend torch, which loads chain.pt2 with "
+                                     f"torch.export.load (unpickling, can run code): set "
+                                     f"trust_model_code: true for a model you trust, or use "
+                                     f"{'compile false' if compile else 'precision fp32'}")
         name = choices[0]
         if compile and "torch" in choices:
             name = "torch"  # only the torch backend compiles
@@ -424,7 +482,8 @@ def open_backend(directory: str | os.PathLike, name: str = "auto", device: str =
                                  f"set backend torch or auto, or compile false")
     if name == "tensorrt":
         return TensorRTBackend(directory, metadata, device, threads, precision,
-                               build_only=build_only)
+                               build_only=build_only, trust_model_code=trust_model_code)
     if name == "onnxruntime":
         return OnnxRuntimeBackend(directory, metadata, device, threads, precision)
-    return TorchBackend(directory, metadata, device, threads, precision, compile=compile)
+    return TorchBackend(directory, metadata, device, threads, precision, compile=compile,
+                        trust_model_code=trust_model_code)

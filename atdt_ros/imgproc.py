@@ -17,6 +17,7 @@ import numpy as np
 
 from atdt_ros import classmap
 from atdt_ros.artifact import DepthSpec, depth_to_metres_scale
+from atdt_ros.sanitize import printable
 
 CHANNELS: dict[str, int] = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 """Accepted input encodings and their channel count (8 bits per channel)."""
@@ -35,7 +36,7 @@ def image_to_array(encoding: str, height: int, width: int, step: int,
                    data: bytes | bytearray | memoryview | Sequence[int]) -> np.ndarray:
     """View an Image's pixels as (H, W, C) uint8 (or (H, W) for mono8), honouring row padding."""
     if encoding not in CHANNELS:
-        raise InputError(f"unsupported encoding '{encoding}' "
+        raise InputError(f"unsupported encoding '{printable(encoding, 32)}' "
                          f"(accepted: {', '.join(CHANNELS)})")
     if height <= 0 or width <= 0:
         raise InputError(f"zero-size image {width}x{height} (width x height must be positive)")

@@ -33,6 +33,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from atdt_ros.artifact import ArtifactError, load_metadata
 from atdt_ros.backends import BACKENDS, PRECISIONS, BackendUnavailable, open_backend, tensorrt_status
 from atdt_ros.imgproc import InputError, Postprocessor, Preprocessor, array_to_image_fields, image_to_array
+from atdt_ros.sanitize import MAX_MESSAGE, printable
 
 NODE_NAME = "atdt_perception"
 QOS_CHOICES: tuple[str, ...] = ("sensor_data", "reliable", "best_effort")
@@ -44,6 +45,7 @@ PARAMETERS: dict[str, Any] = {
     "threads": 0,                  # CPU threads for inference (0: library default)
     "precision": "fp32",           # fp32 | fp16 (tensorrt) | bf16
     "compile": False,              # torch backend: torch.compile at start-up (CPU: fastest)
+    "trust_model_code": False,     # allow backends torch/tensorrt, which unpickle chain.pt2
     "build_only": False,           # build/refresh the TensorRT engine cache, then exit
     "publish_depth": True,         # ~/depth and ~/camera_info
     "publish_semantic": True,      # ~/semantic
@@ -246,7 +248,8 @@ class PerceptionNode(Node):
             backend = open_backend(self.p["model_path"], name, self.p["device"],
                                    int(self.p["threads"]), self.p["precision"],
                                    build_only=bool(self.p["build_only"]), metadata=self.metadata,
-                                   compile=bool(self.p["compile"]))
+                                   compile=bool(self.p["compile"]),
+                                   trust_model_code=bool(self.p["trust_model_code"]))
         except (BackendUnavailable, ArtifactError) as exc:
             raise StartupError(f"backend {name}: {exc}") from exc
         if name == "auto":
@@ -305,13 +308,15 @@ class PerceptionNode(Node):
                 self.counters.dropped += 1
 
     def _reject(self, msg: Image, why: str) -> None:
+        # text from the message (encoding, frame_id) is escaped and capped before it is echoed
+        why = printable(why, MAX_MESSAGE)
         with self._lock:
             self.counters.rejected += 1
             self.counters.window_rejected += 1
             self.counters.last_rejection = why
         self.get_logger().error(
             f"rejected image on {self.sub_image.topic_name if self.sub_image else 'image'} "
-            f"(frame_id '{msg.header.frame_id}'): {why}",
+            f"(frame_id '{printable(msg.header.frame_id)}'): {why}",
             throttle_duration_sec=float(self.p["error_throttle"]))
 
     # ---- inference --------------------------------------------------------------------------

@@ -235,8 +235,11 @@ def _input_topic(namespace: str, leaf: str) -> str:
 
 
 def start_node(model: str, namespace: str, params_file: str | None, backend: str | None,
-               log_path: Path) -> subprocess.Popen:
-    """Start ``atdt_perception`` for ``model`` as a subprocess with this environment."""
+               log_path: Path, trust_model_code: bool = False) -> subprocess.Popen:
+    """Start ``atdt_perception`` for ``model`` as a subprocess with this environment.
+
+    ``trust_model_code`` sets the node's parameter of that name (backends torch and tensorrt
+    unpickle chain.pt2); False leaves the params file's value."""
     exe = Path(sys.executable).parent / NODE_NAME
     command = [str(exe)] if exe.is_file() else [sys.executable, "-m", "atdt_ros.node"]
     command += ["--ros-args", "-r", f"__ns:={namespace or '/'}"]
@@ -245,6 +248,8 @@ def start_node(model: str, namespace: str, params_file: str | None, backend: str
     command += ["-p", f"model_path:={os.path.abspath(model)}"]
     if backend:
         command += ["-p", f"backend:={backend}"]
+    if trust_model_code:
+        command += ["-p", "trust_model_code:=true"]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(log_path, "wb")
     log.info("starting the node: %s (log %s)", " ".join(command), log_path)
@@ -416,6 +421,7 @@ class ReplayOptions:
     model: str | None = None
     params_file: str | None = None
     backend: str | None = None
+    trust_model_code: bool = False
     progress: bool = True
 
 
@@ -966,7 +972,8 @@ def replay(opts: ReplayOptions) -> dict[str, Any]:
     link = None
     try:
         if opts.model:
-            process = start_node(opts.model, opts.namespace, opts.params_file, opts.backend, out / "node.log")
+            process = start_node(opts.model, opts.namespace, opts.params_file, opts.backend,
+                                 out / "node.log", opts.trust_model_code)
         link = NodeLink(opts.namespace, opts.node_name, opts.mode)
         link.connect(opts.timeout, process)
         run = Replay(opts, link, source)
@@ -1027,6 +1034,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="start atdt_perception on this exported chain for the replay")
     p.add_argument("--params-file", default=None, help="with --model: the node's ROS parameters file")
     p.add_argument("--backend", default=None, help="with --model: the node's backend parameter")
+    p.add_argument("--trust-model-code", action="store_true",
+                   help="with --model: let the node load chain.pt2 (backends torch/tensorrt "
+                        "unpickle it, which can run code); only for a model you trust")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -1049,7 +1059,8 @@ def main(argv: list[str] | None = None) -> int:
         timeout=args.timeout, malformed_wait=args.malformed_wait, speed=args.speed,
         min_depth=args.min_depth, max_depth=args.max_depth, limit=args.limit,
         figure_rows=max(0, args.figure_rows), model=args.model, params_file=args.params_file,
-        backend=args.backend, progress=not args.no_progress)
+        backend=args.backend, trust_model_code=args.trust_model_code,
+        progress=not args.no_progress)
     try:
         results = replay(opts)
     except ReplayError as exc:

@@ -8,6 +8,8 @@ __version__ = "0.1.0"
 
 import os as _os
 
+import atdt_ros as _atdt_ros  # noqa: F401  (telemetry off before any library loads)
+
 # OpenMP threads that sleep instead of spinning while they wait: on a loaded CPU, spinning
 # threads made a training step ~15x slower with 2 threads (measured); idle cost is negligible.
 # Must be set before torch loads libgomp, hence here.

@@ -240,8 +240,11 @@ def export_chain(
         written["pt2"] = FORMAT_FILES["pt2"]
     if "onnx" in formats:
         LOG.info("export: ONNX (dynamo) -> %s", out / FORMAT_FILES["onnx"])
-        export_onnx(chain, out / FORMAT_FILES["onnx"], input_size)
+        onnx_files = export_onnx(chain, out / FORMAT_FILES["onnx"], input_size)
         written["onnx"] = FORMAT_FILES["onnx"]
+    # every file of the chain with its hash: the node loads nothing that does not match
+    files = {name: sha256_file(out / name)
+             for name in sorted({*written.values(), *(onnx_files if "onnx" in formats else ())})}
 
     try:
         import onnxruntime
@@ -260,7 +263,7 @@ def export_chain(
         depth=depth, direction=direction,
         tasks={"task1": DIRECTIONS[direction][0], "task2": DIRECTIONS[direction][1]},
         formats=written, parity_tolerance=tolerance or fp32, parity={},
-        sources=dict(sources or {}), model_hash=digest,
+        sources=dict(sources or {}), model_hash=digest, files=files,
         versions={"torch": torch.__version__, "onnxruntime": ort_version,
                   "tensorrt": trt_why if trt_ok else ""},
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -277,8 +280,9 @@ def export_chain(
         if fmt not in formats:
             continue
         tol = (tolerance or fp32) if prec == "fp32" else TOLERANCES.get(prec, fp32)
+        # trusted: the files were written by this process a moment ago (and are hash-checked)
         backend = open_backend(out, backend_name, device="cpu" if fmt != "tensorrt" else device,
-                               precision=prec, metadata=metadata)
+                               precision=prec, metadata=metadata, trust_model_code=True)
         result = compare(reference, [backend.infer(frames[i:i + 1]) for i in range(len(frames))])
         metadata.parity[fmt] = {"depth_max_abs": result.depth_max_abs,
                                 "semantic_agreement": result.semantic_agreement,
@@ -296,7 +300,8 @@ def export_chain(
             metadata.extra["tensorrt_engine"] = str(Path(backend.engine_path).relative_to(out))
     if "pt2" in formats and native_bf16():
         # informational: what the node's `precision: bf16` (torch backend) changes
-        bf16 = open_backend(out, "torch", precision="bf16", metadata=metadata)
+        bf16 = open_backend(out, "torch", precision="bf16", metadata=metadata,
+                            trust_model_code=True)
         result = compare(reference, [bf16.infer(frames[i:i + 1]) for i in range(len(frames))])
         metadata.parity["pt2_bf16"] = {"depth_max_abs": result.depth_max_abs,
                                        "semantic_agreement": result.semantic_agreement,

@@ -25,7 +25,13 @@ class NonFiniteLossError(RuntimeError):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes checkpoints to a temporary file and renames it, so a kill never leaves half a file."""
+    """Writes checkpoints to a temporary file and renames it, so a kill never leaves half a file;
+    reads them as plain data only (``weights_only=True``), so a crafted one cannot run code."""
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location or (lambda s, loc: s),
+                                       weights_only=True)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = os.fspath(path)

@@ -259,17 +259,28 @@ def _make_trainer(exp: Experiment, name: str, max_steps: int, extra_callbacks: l
 
 
 def _resume_checkpoint(folder: Path) -> str | None:
-    """``last.ckpt`` when it exists and loads; a corrupt one is set aside with a warning."""
+    """``last.ckpt`` when it exists and loads as plain data; otherwise it is set aside with a
+    warning and the stage starts afresh.
+
+    The check and Lightning's resume both read it with ``weights_only=True``: tensors, numbers,
+    strings and containers only, so a crafted checkpoint cannot run code when loaded. One that
+    holds anything else is refused, like a truncated one.
+    """
+    import pickle
+
     import torch
 
     last = folder / "checkpoints" / "last.ckpt"
     if not last.is_file():
         return None
     try:
-        torch.load(last, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated by a kill before atomic writes, or damaged
+        torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated by a kill before atomic writes, damaged, or crafted
         bad = last.with_suffix(".ckpt.corrupt")
-        log.warning("checkpoint %s cannot be read (%s); moved to %s, starting the stage afresh", last, exc, bad)
+        why = (f"refused: it holds objects that would run code when loaded "
+               f"({str(exc).splitlines()[0][:200]})" if isinstance(exc, pickle.UnpicklingError)
+               else f"cannot be read ({exc})")
+        log.warning("checkpoint %s %s; moved to %s, starting the stage afresh", last, why, bad)
         if global_rank() == 0:
             os.replace(last, bad)
         return None
@@ -384,7 +395,7 @@ def train_stage(exp: Experiment, name: str) -> dict[str, Any]:
     resume = _resume_checkpoint(folder)
     log.info("stage %s: %s on %s, %d steps%s", name, task or "G (Eq. 3)", "∪".join(domains), steps,
              f", resuming from {resume}" if resume else "")
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume, weights_only=True)
     if not is_done(exp, name) and trainer.global_step >= steps and trainer.is_global_zero:
         _write_done(exp, name, module, trainer.global_step, previous + time.monotonic() - started)
     if not is_done(exp, name):

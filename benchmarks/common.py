@@ -15,6 +15,8 @@ from typing import Callable
 
 import numpy as np
 
+import atdt_ros  # noqa: F401  (first: library telemetry off before anything loads)
+
 LOG = logging.getLogger("benchmarks")
 
 
@@ -51,11 +53,18 @@ def seeded_networks(depth: int = 18, seed: int = 0, hidden: int | None = None,
     return n1, n2, g
 
 
-def exported_chain(out: Path, size: tuple[int, int], formats=("pt2", "onnx")) -> Path:
-    """Export the seeded chain at ``size`` into ``out`` unless that very chain is already there."""
+def exported_chain(size: tuple[int, int], formats=("pt2", "onnx"), out: Path | None = None) -> Path:
+    """Export the seeded chain at ``size`` into ``out`` unless that very chain is already there.
+
+    By default ``out`` is private to this user (``~/.cache/atdt/benchmarks/chain_HxW``): the
+    benchmarks load its .pt2 with ``trust_model_code``, which a chain in the shared temporary
+    directory, where another user can put one first, must never get.
+    """
     from atdt_ros.artifact import ArtifactError, load_metadata
+    from atdt_ros.privacy import private_cache_dir
     from atdt_train.export import build_chain, export_chain, model_hash
 
+    out = out or private_cache_dir("benchmarks") / f"chain_{size[0]}x{size[1]}"
     n1, n2, g = seeded_networks()
     wanted = model_hash(build_chain(n1, n2, g, "dep2sem"), size, "dep2sem")
     try:

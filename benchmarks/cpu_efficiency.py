@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,10 +56,9 @@ def main() -> int:
     flops = common.chain_flops(chain, x)
     print(f"chain FLOPs at {h}x{w}: {flops / 1e9:.2f} GFLOP")
 
-    model_dir = Path(args.model) if args.model else common.exported_chain(
-        Path(tempfile.gettempdir()) / f"atdt_bench_chain_{h}x{w}", (h, w))
+    model_dir = Path(args.model) if args.model else common.exported_chain((h, w))
     xn = x.numpy()
-    pt2 = open_backend(model_dir, "torch", threads=args.threads)
+    pt2 = open_backend(model_dir, "torch", threads=args.threads, trust_model_code=True)
     ort = open_backend(model_dir, "onnxruntime", threads=args.threads)
 
     cl = build_chain(n1, n2, g, "dep2sem").to(memory_format=torch.channels_last)
@@ -79,7 +77,8 @@ def main() -> int:
         "ONNX Runtime (node backend onnxruntime)": (lambda: ort.infer(xn), peak32),
     }
     if with_bf16:
-        pt2_bf16 = open_backend(model_dir, "torch", threads=args.threads, precision="bf16")
+        pt2_bf16 = open_backend(model_dir, "torch", threads=args.threads, precision="bf16",
+                                trust_model_code=True)
         variants["eager bf16 autocast + channels_last"] = (eager(cl, x_cl, True), peak16)
         variants[".pt2 bf16 (node precision bf16)"] = (lambda: pt2_bf16.infer(xn), peak16)
     if not args.no_compile:  # the node's compile: true (torch.compile of the .pt2, freezing)
@@ -89,7 +88,7 @@ def main() -> int:
         for precision, name in settings:
             print(f"compiling {name} ...", flush=True)  # noqa: T201
             backend = open_backend(model_dir, "torch", threads=args.threads, precision=precision,
-                                   compile=True)
+                                   compile=True, trust_model_code=True)
             variants[name] = (lambda b=backend: b.infer(xn), peak16 if precision == "bf16" else peak32)
     times = common.interleaved({k: v[0] for k, v in variants.items()}, args.rounds)
     print(f"\n{'setting':42s} {'min ms':>8s} {'median':>8s} {'GFLOP/s':>8s} {'% peak':>7s} "

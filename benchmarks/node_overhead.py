@@ -46,8 +46,7 @@ def main() -> int:
     h, w = (int(v) for v in args.size.split("x"))
     common.set_threads(args.threads)
     print(common.machine())
-    model = Path(args.model) if args.model else common.exported_chain(
-        Path(tempfile.gettempdir()) / f"atdt_bench_chain_{h}x{w}", (h, w))
+    model = Path(args.model) if args.model else common.exported_chain((h, w))
     rng = np.random.default_rng(0)
     rgb = np.kron(rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8),
                   np.ones((8, 8, 1), np.uint8))
@@ -101,7 +100,8 @@ def run_backend(model: Path, setting: str, rgb, frames: int, threads: int):
         [sys.executable, "-m", "atdt_ros.node", "--ros-args", "-r", f"__ns:={ns}",
          "-p", f"model_path:={model}", "-p", f"backend:={backend}", "-p", f"threads:={threads}",
          "-p", f"precision:={precision}", "-p", f"compile:={str(compile).lower()}",
-         "-p", "input_qos:=reliable", "-p", "publish_semantic_color:=false"],
+         "-p", "input_qos:=reliable", "-p", "publish_semantic_color:=false",
+         "-p", "trust_model_code:=true"],
         stdout=node_log, stderr=subprocess.STDOUT)
     rclpy.init()
     node = rclpy.create_node("atdt_bench")
@@ -138,7 +138,8 @@ def run_backend(model: Path, setting: str, rgb, frames: int, threads: int):
     spinner.start()
 
     md = load_metadata(model)
-    bare = open_backend(model, backend, threads=threads, precision=precision, compile=compile)
+    bare = open_backend(model, backend, threads=threads, precision=precision, compile=compile,
+                        trust_model_code=True)
     batch = Preprocessor(md.input.height, md.input.width, md.input.mean, md.input.std)(rgb, "rgb8").copy()
     msg = Image()
     msg.height, msg.width, msg.encoding, msg.step = rgb.shape[0], rgb.shape[1], "rgb8", rgb.shape[1] * 3

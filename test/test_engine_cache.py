@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import chain_helpers
-from atdt_ros.artifact import format_path, load_metadata
+from atdt_ros.artifact import format_path, load_metadata, sha256_file
 from atdt_ros.backends import EngineCache, engine_key, open_backend, tensorrt_status
 
 TRT_OK, TRT_WHY = tensorrt_status()
@@ -73,7 +73,8 @@ def test_first_use_builds_and_later_uses_load_the_cached_engine(chain, tmp_path)
     assert built and len(compiler.builds) == 1
     assert cache.engine_path == tmp_path / "engines" / f"{cache.key}.ep"
     assert json.loads(cache.record_path.read_text()) == {
-        "key": cache.key, "gpu": "NVIDIA H200", "precision": "fp16"}
+        "key": cache.key, "gpu": "NVIDIA H200", "precision": "fp16",
+        "sha256": sha256_file(cache.engine_path)}
     assert sorted(p.name for p in cache.directory.iterdir()) == [
         f"{cache.key}.ep", f"{cache.key}.json"]  # no temporary file left behind
     again, built = _cache(tmp_path).get(_load, check, compiler.build)
@@ -143,12 +144,12 @@ def test_a_failed_build_keeps_the_previous_engine_and_leaves_no_partial_file(cha
 @needs_tensorrt
 def test_tensorrt_engine_is_built_cached_and_matches_the_eager_chain(chain, tmp_path) -> None:
     chain = Path(shutil.copytree(chain, tmp_path / "chain"))
-    first = open_backend(chain, "tensorrt", device="cuda", precision="fp32")
+    first = open_backend(chain, "tensorrt", device="cuda", precision="fp32", trust_model_code=True)
     assert first.built and first.engine_path.is_file()
-    second = open_backend(chain, "tensorrt", device="cuda", precision="fp32")
+    second = open_backend(chain, "tensorrt", device="cuda", precision="fp32", trust_model_code=True)
     assert not second.built
     batch = chain_helpers.parity_frames(1)
-    ref = open_backend(chain, "torch").infer(batch)
+    ref = open_backend(chain, "torch", trust_model_code=True).infer(batch)
     out = second.infer(batch)
     assert np.abs(out["depth"] - ref["depth"]).max() < 1e-2
     assert (out["semantic"] == ref["semantic"]).mean() > 0.99
@@ -161,7 +162,8 @@ def test_node_build_only_prebuilds_the_engine_and_exits(chain, tmp_path) -> None
                FASTDDS_BUILTIN_TRANSPORTS="SHM?max_msg_size=4MB&sockets_size=16MB")
     done = subprocess.run(
         [sys.executable, "-m", "atdt_ros.node", "--ros-args", "-p", f"model_path:={chain}",
-         "-p", "backend:=tensorrt", "-p", "precision:=fp16", "-p", "build_only:=true"],
+         "-p", "backend:=tensorrt", "-p", "precision:=fp16", "-p", "build_only:=true",
+         "-p", "trust_model_code:=true"],
         env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "build_only: backend tensorrt ready, engine" in done.stdout + done.stderr

@@ -76,12 +76,12 @@ def test_exported_formats_match_eager_and_metadata_records_it(chain) -> None:
     with torch.inference_mode():
         ref_d, ref_s = (t.numpy() for t in eager(torch.from_numpy(x)))
     for name in ("torch", "onnxruntime"):
-        backend = open_backend(chain, name)
+        backend = open_backend(chain, name, trust_model_code=True)
         for i in range(3):
             out = backend.infer(x[i:i + 1])
             np.testing.assert_allclose(out["depth"], ref_d[i:i + 1], atol=1e-3)
             assert (out["semantic"] == ref_s[i:i + 1]).mean() >= 0.999
-    bf16 = open_backend(chain, "torch", precision="bf16")  # autocast: close, not equal
+    bf16 = open_backend(chain, "torch", precision="bf16", trust_model_code=True)  # autocast: close, not equal
     out = bf16.infer(x[:1])
     assert out["depth"].dtype == np.float32
     assert np.median(np.abs(out["depth"] - ref_d[:1]) / np.abs(ref_d[:1])) < 0.02
@@ -95,9 +95,10 @@ def test_compiled_torch_backend_matches_the_program(chain, precision, caplog) ->
     if precision == "bf16" and not native_bf16():
         pytest.skip("bf16 needs a CPU with native bf16 (AVX-512 BF16 / AMX); emulated is slow")
     x = chain_helpers.parity_frames(2, seed=7)
-    ref = open_backend(chain, "torch")
+    ref = open_backend(chain, "torch", trust_model_code=True)
     with caplog.at_level(logging.INFO, logger="atdt_ros.backends"):
-        compiled = open_backend(chain, "auto", precision=precision, compile=True)
+        compiled = open_backend(chain, "auto", precision=precision, compile=True,
+                                trust_model_code=True)
     assert compiled.name == "torch"  # auto picks the backend that compiles
     assert compiled.compiled and compiled.compile_seconds > 0
     assert f"torch.compile ({precision}, cpu): ready in" in caplog.text
@@ -110,7 +111,7 @@ def test_compiled_torch_backend_matches_the_program(chain, precision, caplog) ->
         else:
             assert np.median(np.abs(out["depth"] - want["depth"]) / np.abs(want["depth"])) < 0.02
             assert (out["semantic"] == want["semantic"]).mean() >= 0.98
-    uncompiled = open_backend(chain, "torch")
+    uncompiled = open_backend(chain, "torch", trust_model_code=True)
     assert not uncompiled.compiled and uncompiled.compile_seconds == 0.0
 
 
@@ -130,7 +131,7 @@ def test_auto_backend_picks_the_fastest_available(chain, caplog) -> None:
     import logging
 
     with caplog.at_level(logging.INFO, logger="atdt_ros.backends"):
-        backend = open_backend(chain, "auto")
+        backend = open_backend(chain, "auto", trust_model_code=True)
     assert backend.name == ("tensorrt" if TRT_OK else "onnxruntime")
     assert f"backend auto chose {backend.name}" in caplog.text
 
@@ -138,7 +139,7 @@ def test_auto_backend_picks_the_fastest_available(chain, caplog) -> None:
 @pytest.mark.skipif(TRT_OK, reason="checks the refusal on machines without CUDA/TensorRT")
 def test_tensorrt_is_refused_clearly_without_cuda(chain, tmp_path) -> None:
     with pytest.raises(BackendUnavailable, match="backend tensorrt is unavailable: CUDA"):
-        open_backend(chain, "tensorrt", device="cuda")
+        open_backend(chain, "tensorrt", device="cuda", trust_model_code=True)
     n1, n2, g = chain_helpers.seeded_networks()
     with pytest.raises(ExportError, match="format tensorrt cannot be built here: CUDA"):
         export_chain(n1, n2, g, tmp_path / "trt", direction="dep2sem",
@@ -201,8 +202,14 @@ def test_missing_and_corrupt_artifacts_name_the_file(tmp_path, chain) -> None:
     with pytest.raises(ArtifactError, match="chain.pt2 is missing"):
         format_path(no_weights, load_metadata(no_weights), "pt2")
     (no_weights / "chain.pt2").write_bytes(b"not a zip archive")
+    with pytest.raises(ArtifactError, match="chain.pt2 does not match its SHA-256"):
+        open_backend(no_weights, "torch", trust_model_code=True)
+    # the recorded hash of a corrupt file: it reaches torch, whose failure names the file
+    raw = json.loads((no_weights / "metadata.json").read_text())
+    raw["files"]["chain.pt2"] = sha256_file(no_weights / "chain.pt2")
+    (no_weights / "metadata.json").write_text(json.dumps(raw))
     with pytest.raises(ArtifactError, match="chain.pt2 cannot be loaded by torch"):
-        open_backend(no_weights, "torch")
+        open_backend(no_weights, "torch", trust_model_code=True)
 
 
 def test_cli_exports_a_trained_experiment(tmp_path) -> None:

@@ -156,7 +156,8 @@ def chain(tmp_path_factory) -> Path:
 def running(chain, tmp_path_factory):
     """The node (backend torch, reliable input, from the YAML file) and a connected client."""
     tmp = tmp_path_factory.mktemp("node")
-    params = _params_file(tmp, chain, backend="torch", input_qos="reliable", input_depth=10,
+    params = _params_file(tmp, chain, backend="torch", trust_model_code=True, input_qos="reliable",
+                          input_depth=10,
                           threads=1, diagnostics_period=0.3, error_throttle=0.1)
     proc = _start(params)
     client = None
@@ -361,7 +362,7 @@ def test_corrupt_metadata_stops_naming_the_file(tmp_path, chain) -> None:
 
 
 def test_unavailable_explicit_backend_stops_naming_it(tmp_path, chain) -> None:
-    code, out = _run_to_exit(_params_file(tmp_path, chain, backend="tensorrt"))
+    code, out = _run_to_exit(_params_file(tmp_path, chain, backend="tensorrt", trust_model_code=True))
     assert code != 0
     assert "backend tensorrt" in out
     assert "CUDA is not available" in out or "torch-tensorrt" in out
@@ -379,7 +380,7 @@ def test_a_signal_stops_the_node_cleanly(tmp_path, chain, signal_name) -> None:
 
     # a shutdown while a timer callback runs made rclpy raise RCLError (context not valid)
     # instead of ExternalShutdownException
-    proc = _start(_params_file(tmp_path, chain, backend="torch"))
+    proc = _start(_params_file(tmp_path, chain, backend="torch", trust_model_code=True))
     lines = []
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT

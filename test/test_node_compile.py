@@ -19,7 +19,8 @@ def chain(tmp_path_factory):
 
 def test_compiled_node_publishes_the_chain_outputs(chain, tmp_path) -> None:
     """compile: true compiles at start-up (before subscribing) and serves the same outputs."""
-    params = _params_file(tmp_path, chain, backend="torch", compile=True, input_qos="reliable",
+    params = _params_file(tmp_path, chain, backend="torch", compile=True, trust_model_code=True,
+                          input_qos="reliable",
                           threads=1, diagnostics_period=0.3, publish_semantic_color=False)
     proc = _start(params)
     client = None

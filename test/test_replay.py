@@ -61,7 +61,7 @@ def setup(tmp_path_factory):
     bag = tmp / "bag_B"
     assert cli_main(["make-bag", "--list", exp.domains.B.test, "--out", str(bag), "--rate", "20"]) == 0
     # the node, started the way `atdt_replay --model` starts it, serves every test of this module
-    node = start_node(str(chain), NAMESPACE, None, "torch", tmp / "node.log")
+    node = start_node(str(chain), NAMESPACE, None, "torch", tmp / "node.log", trust_model_code=True)
     try:
         yield {"tmp": tmp, "exp": exp, "nets": (n1, n2, g), "chain": chain, "bag": bag, "node": node}
     finally:
