@@ -11,3 +11,5 @@ from atdt_ros import privacy as _privacy
 
 # before any library loads: ONNX Runtime reads its telemetry switch once, at initialisation
 _privacy.disable_telemetry()
+# before torch can default them to the shared /tmp: compiler caches in ~/.cache/atdt
+_privacy.point_compiler_caches()

@@ -33,6 +33,26 @@ def disable_telemetry() -> None:
     os.environ.update(TELEMETRY_OFF)
 
 
+COMPILER_CACHES: dict[str, str] = {"TORCHINDUCTOR_CACHE_DIR": "torchinductor",
+                                   "TRITON_CACHE_DIR": "triton"}
+"""Cache variables of the compilers torch.compile runs, and the private directory of each."""
+
+
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/atdt`` (default ``~/.cache/atdt``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "atdt"
+
+
+def point_compiler_caches() -> None:
+    """Name private compiler cache directories in the environment (nothing is created here).
+
+    Done at import, before torch can fill in its own default: inductor's first cache lookup
+    writes ``/tmp/torchinductor_<user>`` into ``TORCHINDUCTOR_CACHE_DIR`` when it is unset.
+    A value the user set is kept. :func:`compiler_cache_env` creates and checks them."""
+    for var, name in COMPILER_CACHES.items():
+        os.environ.setdefault(var, str(cache_root() / name))
+
+
 class UnsafeCacheError(RuntimeError):
     """A cache directory another user could write to (code planted there would be run)."""
 
@@ -44,10 +64,11 @@ def private_cache_dir(name: str) -> Path:
     belongs to another user or is writable by group or others: a compiler that reuses what it
     finds there would run code someone else put in.
     """
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    path = root / "atdt" / name
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    check_private(path, stop=root)
+    root = cache_root()
+    for directory in (root.parent, root, root / name):
+        directory.mkdir(mode=0o700, exist_ok=True)
+    path = root / name
+    check_private(path, stop=root.parent)
     return path
 
 
@@ -78,15 +99,19 @@ def check_private(path: Path, stop: Path | None = None) -> None:
 def compiler_cache_env() -> dict[str, str]:
     """Private cache directories for torch.compile (inductor) and Triton, set in the environment.
 
-    A directory the user chose (``TORCHINDUCTOR_CACHE_DIR`` / ``TRITON_CACHE_DIR`` already set)
-    is kept but must pass :func:`check_private`; otherwise ``~/.cache/atdt/torchinductor`` and
-    ``~/.cache/atdt/triton`` replace inductor's default, a predictable name in the shared
-    system temporary directory that another user can create first.
+    ``~/.cache/atdt/torchinductor`` and ``~/.cache/atdt/triton`` replace inductor's default, a
+    predictable name in the shared system temporary directory (``/tmp/torchinductor_<user>``)
+    that another user can create first. A directory the user chose is kept but must pass
+    :func:`check_private`.
     """
+    import getpass
+    import tempfile
+
+    shared_default = Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"
     chosen = {}
-    for var, name in (("TORCHINDUCTOR_CACHE_DIR", "torchinductor"), ("TRITON_CACHE_DIR", "triton")):
+    for var, name in COMPILER_CACHES.items():
         given = os.environ.get(var)
-        if given:
+        if given and Path(given) != shared_default and Path(given) != cache_root() / name:
             Path(given).mkdir(mode=0o700, parents=True, exist_ok=True)
             check_private(Path(given))
             chosen[var] = given

@@ -103,3 +103,38 @@ def write_sim_split(root: Path, split: str, frames: list[tuple[np.ndarray, np.nd
     (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
     (root / "dataset.yaml").write_text(f"kind: sim\ndomain: {domain}\n")
     return str(root / f"{split}.txt")
+
+
+class CodeOnLoad:
+    """Pickles into a payload that creates ``marker`` when unpickled: the code a crafted model
+    file, checkpoint or engine would run (``exec`` of one harmless statement)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def crafted_pt2(src: Path, dst: Path, marker: Path) -> Path:
+    """``src`` (a torch.export archive) with its first weight replaced by a :class:`CodeOnLoad`
+    pickle and marked ``use_pickle``: ``torch.export.load(dst)`` creates ``marker``."""
+    import json
+    import pickle
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        cfg_name = next(n for n in zin.namelist()
+                        if n.endswith("data/weights/model_weights_config.json"))
+        cfg = json.loads(zin.read(cfg_name))
+        first = next(iter(cfg["config"]))
+        cfg["config"][first]["use_pickle"] = True
+        target = cfg_name.rsplit("/", 1)[0] + "/" + cfg["config"][first]["path_name"]
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename == cfg_name:
+                data = json.dumps(cfg).encode()
+            elif info.filename == target:
+                data = pickle.dumps(CodeOnLoad(marker))
+            zout.writestr(info, data)
+    return dst

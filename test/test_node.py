@@ -282,6 +282,26 @@ def test_bad_inputs_are_rejected_and_counted_and_the_node_keeps_going(running) -
     assert proc.poll() is None
 
 
+def test_text_from_a_bad_message_is_escaped_and_capped_in_diagnostics(running) -> None:
+    from atdt_ros.sanitize import MAX_MESSAGE
+
+    proc, client, chain = running
+    good = _frame(4)
+    forged = "cam\n[FATAL] [atdt_perception]: forged line\x1b[31m"
+    client.pub_image.publish(client.image(good, "X" * 1_000_000, (60, 0), frame_id=forged))
+    client.pub_image.publish(client.image(good, "rgb8", (61, 0)))
+    assert client.wait(lambda: any(m.header.stamp.sec == 61 for m in client.got["depth"]))
+    assert client.wait(lambda: client.got["diag"] and
+                       client.diagnostics()["last_rejection"].startswith("unsupported encoding"))
+    with client.cv:
+        status = client.got["diag"][-1].status[0]
+    why = client.diagnostics()["last_rejection"]
+    assert why.startswith("unsupported encoding 'XXXX") and "...(+999968 chars)" in why
+    assert "accepted: rgb8" in why  # the useful part survives the cap
+    for text in [status.message] + [kv.value for kv in status.values]:
+        assert len(text) <= MAX_MESSAGE + 100 and "\n" not in text and "\x1b" not in text
+
+
 def test_parameters_come_from_the_yaml_file(running) -> None:
     proc, client, chain = running
     assert client.wait(lambda: len(client.got["diag"]) >= 2)

@@ -203,7 +203,8 @@ def test_resumed_stage_continues_from_its_checkpoint(domains, tmp_path, caplog):
     exp = experiment_from_dict(data)
     train_stage(exp, "n2")
     folder = stage_dir(exp, "n2")
-    ckpt = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # plain data: it loads with weights_only=True, as the resume reads it
+    ckpt = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
     # as if the stage had been killed after its step-2 checkpoint, in a run of 4 steps
     (folder / "done.json").unlink()
@@ -214,7 +215,7 @@ def test_resumed_stage_continues_from_its_checkpoint(domains, tmp_path, caplog):
     assert "resuming from" in caplog.text
     assert done["steps"] == 4
     assert torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu",
-                      weights_only=False)["global_step"] == 4
+                      weights_only=True)["global_step"] == 4
     assert min(_logged_steps(folder, 0)) == 0
     assert min(_logged_steps(folder, 1)) >= 2  # the resumed run trained steps 2..3 only
 
@@ -315,7 +316,8 @@ def test_two_process_ddp_trains_and_checkpoints_like_one(domains, tmp_path, dep2
     assert "MEMBER: 2/2" in proc.stderr + proc.stdout  # both processes joined the group
     folder = tmp_path / "out" / "stages" / "n2"
     assert json.loads((folder / "done.json").read_text())["steps"] == 2
-    ckpt = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # plain data: it loads with weights_only=True, as the resume reads it
+    ckpt = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
     single = torch.load(dep2sem_run.output_dir / "stages" / "n2" / "weights.pt", weights_only=True)
     ddp = torch.load(folder / "weights.pt", weights_only=True)
