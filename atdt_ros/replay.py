@@ -49,6 +49,7 @@ import numpy as np
 from atdt_ros import classmap
 from atdt_ros.imgproc import RGB_ORDER, InputError, image_to_array
 from atdt_ros.metrics import DEPTH_METRICS, LOWER_IS_BETTER, DepthMetric, SegmentationMetric
+from atdt_ros.sanitize import printable
 
 log = logging.getLogger("atdt_replay")
 
@@ -84,7 +85,7 @@ def decode_ground_truth_depth(msg: Any) -> np.ndarray:
     """A depth Image (32FC1 metres or 16UC1 millimetres, REP 118) -> float32 metres, NaN = invalid."""
     encodings = {"32FC1": (np.float32, 4), "16UC1": (np.uint16, 2), "mono16": (np.uint16, 2)}
     if msg.encoding not in encodings:
-        raise InputError(f"ground-truth depth encoding '{msg.encoding}' is not supported "
+        raise InputError(f"ground-truth depth encoding '{printable(msg.encoding, 32)}' is not supported "
                          f"(accepted: {', '.join(encodings)})")
     dtype, size = encodings[msg.encoding]
     if msg.height <= 0 or msg.width <= 0 or msg.step < msg.width * size:
@@ -104,7 +105,8 @@ def decode_ground_truth_depth(msg: Any) -> np.ndarray:
 def decode_labels(msg: Any) -> np.ndarray:
     """A mono8 label Image -> (H, W) uint8 class ids."""
     if msg.encoding not in ("mono8", "8UC1"):
-        raise InputError(f"ground-truth semantic encoding '{msg.encoding}' is not supported (accepted: mono8, 8UC1)")
+        raise InputError(f"ground-truth semantic encoding '{printable(msg.encoding, 32)}' is not "
+                         f"supported (accepted: mono8, 8UC1)")
     return np.array(image_to_array("mono8", msg.height, msg.width, msg.step, msg.data))
 
 
@@ -326,8 +328,8 @@ class NodeLink:
                 array = np.ascontiguousarray(rows).view(
                     np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<")).astype(dtype)
             except (KeyError, ValueError) as exc:
-                log.error("unreadable %s output (%s %dx%d step %d): %s", kind, msg.encoding,
-                          msg.width, msg.height, msg.step, exc)
+                log.error("unreadable %s output (%s %dx%d step %d): %s", kind, printable(msg.encoding, 32),
+                          msg.width, msg.height, msg.step, printable(exc, 200))
                 return
             self.outputs.put((kind, stamp_ns(msg.header.stamp), array, received))
 

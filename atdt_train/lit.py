@@ -3,6 +3,7 @@ transfer network G trained by Eq. 3 with E1 and E2 frozen (stage 3), plus the ta
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from typing import Any
@@ -11,6 +12,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 
 from atdt_ros.classmap import UNLABELED
@@ -46,6 +48,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+
+class LocalDDPStrategy(DDPStrategy):
+    """DDP on one machine whose processes Lightning started itself, meeting through a file.
+
+    Lightning's default rendezvous is torch's TCPStore on MASTER_ADDR (127.0.0.1); it looks up
+    the name of each peer's address (``::ffff:127.0.0.1``), which /etc/hosts does not answer, so
+    every DDP run sent reverse-DNS queries for 127.0.0.1 to the machine's resolver (measured with
+    benchmarks/offline_check.py). A ``FileStore`` in the stage's folder needs no name lookup and
+    no port. Processes started by torchrun, SLURM or on several nodes keep Lightning's way.
+    """
+
+    def __init__(self, store_dir: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._store_dir = store_dir
+
+    def setup_distributed(self) -> None:
+        import torch.distributed as dist
+        from lightning.fabric.plugins.environments import LightningEnvironment
+
+        if self.num_nodes == 1 and isinstance(self.cluster_environment, LightningEnvironment) \
+                and not dist.is_initialized():
+            self.set_world_ranks()
+            env = self.cluster_environment
+            # the launcher picks a free port per run and hands it to every process: one file per run
+            path = os.path.join(self._store_dir, f".ddp_rendezvous_{env.main_port}")
+            dist.init_process_group(self._get_process_group_backend(), rank=env.global_rank(),
+                                    world_size=env.world_size(), timeout=self._timeout,
+                                    store=dist.FileStore(path, env.world_size()))
+            logging.getLogger(__name__).info(
+                "Initializing distributed (file rendezvous %s): GLOBAL_RANK: %d, MEMBER: %d/%d",
+                path, env.global_rank(), env.global_rank() + 1, env.world_size())
+        super().setup_distributed()  # finds the group initialised and keeps it
 
 
 def semantic_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

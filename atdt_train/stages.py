@@ -238,7 +238,7 @@ def _make_trainer(exp: Experiment, name: str, max_steps: int, extra_callbacks: l
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from .lit import AtomicCheckpointIO
+    from .lit import AtomicCheckpointIO, LocalDDPStrategy
 
     _quiet_lightning()
     folder = stage_dir(exp, name)
@@ -248,8 +248,10 @@ def _make_trainer(exp: Experiment, name: str, max_steps: int, extra_callbacks: l
     checkpoint = ModelCheckpoint(dirpath=str(folder / "checkpoints"), save_last=True, save_top_k=0,
                                  every_n_train_steps=exp.trainer.checkpoint_every)
     t = exp.trainer
+    # DDP started by Lightning on one machine meets through a file, not TCPStore (LocalDDPStrategy)
+    strategy = LocalDDPStrategy(str(folder)) if t.strategy == "ddp" and t.num_nodes == 1 else t.strategy
     return L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        accelerator=t.accelerator, devices=t.devices, strategy=strategy, num_nodes=t.num_nodes,
         precision=t.precision, max_steps=max_steps, max_epochs=-1, logger=loggers,
         callbacks=[checkpoint, *extra_callbacks], plugins=[AtomicCheckpointIO()],
         log_every_n_steps=min(t.log_every, max(1, max_steps)), enable_progress_bar=t.progress_bar,
