@@ -10,9 +10,11 @@ imports any library:
   both, but only when it is set before the library initialises (its Privacy.md; setting it or
   calling the API afterwards leaves the start-up event and the device id). It is forced to
   ``1`` here, overriding any other value: a vehicle node never sends usage data.
-- The other libraries the project loads were checked for the same behaviour (docs/node.md,
-  "Privacy"): torch, Lightning, TensorBoard's writer, matplotlib, MuJoCo, OpenCV and rclpy send
-  nothing and keep no identifier; nothing needs switching off for them.
+- The other libraries the project loads were checked for the same behaviour in a private
+  network namespace (docs/performance.md, section 4): torch, Lightning with its TensorBoard and
+  CSV loggers, matplotlib and MuJoCo sent nothing and kept no identifier. torch.distributed's
+  TCPStore does send reverse-DNS queries for 127.0.0.1; single-machine DDP therefore meets
+  through a file (:class:`atdt_train.lit.LocalDDPStrategy`).
 
 :func:`private_cache_dir` gives a directory only the current user can write, for compilers
 that load what they find in their cache (torch.compile's inductor, Triton).
