@@ -18,7 +18,7 @@ $(VENV)/.stamp-python:
 	$(PYTHON) -m venv $(VENV)
 	touch $@
 
-$(VENV)/.stamp-requirements: requirements.txt $(VENV)/.stamp-python
+$(VENV)/.stamp-requirements: requirements.txt requirements-vehicle.txt $(VENV)/.stamp-python
 	$(PIP) install -q -r requirements.txt
 	touch $@
 

@@ -21,10 +21,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from atdt_ros.files import atomic_write
 
 FORMAT_VERSION: int = 2
 """Version of the metadata schema below; bumped on any incompatible change (2: ``files``)."""
@@ -137,23 +138,6 @@ class Metadata:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write a file so that readers see either the old or the complete new content."""
-    path = Path(path)
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp creates 0600; artifacts are read by other users
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
     h = hashlib.sha256()
@@ -167,7 +151,7 @@ def write_metadata(directory: str | os.PathLike, metadata: Metadata) -> Path:
     """Validate and atomically write ``metadata.json`` into an artifact directory."""
     validate(json.loads(metadata.to_json()), source=str(directory))
     path = Path(directory) / METADATA_FILE
-    write_atomic(path, metadata.to_json())
+    atomic_write(path, metadata.to_json())
     return path
 
 

@@ -29,8 +29,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from atdt_ros.artifact import (
-    ENGINES_DIR, ArtifactError, Metadata, format_path, load_metadata, sha256_file, write_atomic,
+    ENGINES_DIR, ArtifactError, Metadata, format_path, load_metadata, sha256_file,
 )
+from atdt_ros.files import atomic_write
 from atdt_ros.privacy import UnsafeCacheError, compiler_cache_env
 
 LOG = logging.getLogger(__name__)
@@ -335,7 +336,7 @@ class EngineCache:
             os.replace(tmp, self.engine_path)
         finally:
             tmp.unlink(missing_ok=True)
-        write_atomic(self.record_path, json.dumps({**self.record, "sha256": digest}, indent=2) + "\n")
+        atomic_write(self.record_path, json.dumps({**self.record, "sha256": digest}, indent=2) + "\n")
         LOG.info("engine cache: wrote %s", self.engine_path)
         return engine
 

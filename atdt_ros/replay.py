@@ -37,7 +37,6 @@ import queue
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from atdt_ros import classmap
+from atdt_ros.files import atomic_path, atomic_write
 from atdt_ros.imgproc import RGB_ORDER, InputError, image_to_array
 from atdt_ros.metrics import DEPTH_METRICS, LOWER_IS_BETTER, DepthMetric, SegmentationMetric
 from atdt_ros.sanitize import printable
@@ -769,17 +769,6 @@ def _pct(values: np.ndarray, q: float) -> float:
 # The report
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _fmt(value: Any, digits: int = 2, scale: float = 1.0) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
@@ -858,9 +847,8 @@ _DEPTH_NAMES = {"abs_rel": "Abs Rel", "sq_rel": "Sq Rel", "rmse": "RMSE", "rmse_
 
 
 def _save_figure(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
 
 
 def latency_figure(results: dict[str, Any], path: Path) -> None:
@@ -954,8 +942,8 @@ def write_report(replay: Replay, out: Path) -> dict[str, Any]:
     has_grid = qualitative_figure(replay.kept, out / "qualitative.png", replay.opts.min_depth, replay.opts.max_depth)
     results["files"] = {"markdown": "report.md", "latency_plot": "latency.png",
                         "qualitative": "qualitative.png" if has_grid else None}
-    _write_atomic(out / "report.json", json.dumps(results, indent=2, allow_nan=True) + "\n")
-    _write_atomic(out / "report.md", markdown_report(results))
+    atomic_write(out / "report.json", json.dumps(results, indent=2, allow_nan=True) + "\n")
+    atomic_write(out / "report.md", markdown_report(results))
     return results
 
 

@@ -17,7 +17,7 @@ import sys
 COMMAND_MODULES: tuple[str, ...] = (
     "atdt_train.sim.command",      # simulate
     "atdt_train.data.commands",    # filelist, proxy-depth
-    "atdt_train.stages",           # run, stage, evaluate
+    "atdt_train.run",              # run, stage, evaluate
     "atdt_train.export",           # export
     "atdt_train.bag",              # make-bag
     "atdt_train.demo",             # demo

@@ -254,9 +254,9 @@ def run_demo(args: argparse.Namespace) -> int:
                "replays": {m: {"report": str(out / f"replay_{m}" / "report.md"), "latency": r["latency"],
                                "frames": r["frames"], "semantic_miou": r["semantic"]["miou"],
                                "depth_abs_rel": r["depth"]["abs_rel"]} for m, r in replays.items()}}
-    from atdt_train.stages import atomic_write_text
+    from atdt_ros.files import atomic_write
 
-    atomic_write_text(out / "demo.json", json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    atomic_write(out / "demo.json", json.dumps(summary, indent=2, allow_nan=True) + "\n")
     print()
     print(f"AT/DT demo ({'Dep->Sem' if exp.direction == 'dep2sem' else 'Sem->Dep'}: {exp.task1} is "
           f"task 1, {exp.task2} task 2; A = synthetic, B = realistic)")

@@ -27,12 +27,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from atdt_ros.classmap import NUM_CLASSES, UNLABELED
+from atdt_ros.files import atomic_write
 from atdt_ros.metrics import DepthMetric, SegmentationMetric
 
 from .config import Experiment
 from .lit import depth_to_metres
 from .models import TaskNet, TransferNet
-from .stages import (adapt_to_machine, atomic_write_text, configure_threads, e1_stage, is_done, load_task_net,
+from .stages import (adapt_to_machine, configure_threads, e1_stage, is_done, load_task_net,
                      load_transfer_net, make_dataset, resolve_focal_ref, stage_dir, training_stages)
 
 log = logging.getLogger(__name__)
@@ -252,6 +253,6 @@ def evaluate_experiment(exp: Experiment) -> dict[str, Any]:
             save_figure(samples, exp.task2, out / f"figure_{domain}.png",
                         (exp.depth.min_depth, exp.depth.max_depth))
             result["figure"] = f"figure_{domain}.png"
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2, allow_nan=True) + "\n")
+    atomic_write(out / "results.json", json.dumps(results, indent=2, allow_nan=True) + "\n")
     write_report(results, out / "report.md")
     return results

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from typing import Any
 
 import lightning as L
@@ -16,10 +15,10 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 
 from atdt_ros.classmap import UNLABELED
+from atdt_ros.files import atomic_path
 
 from .config import Experiment
 from .models import DECODER_WIDTHS, Encoder, TaskNet, TransferNet
-from .stages import publish
 
 
 class NonFiniteLossError(RuntimeError):
@@ -36,18 +35,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                                        weights_only=True)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        path = os.fspath(path)
-        folder = os.path.dirname(path) or "."
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".ckpt.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        try:
+        with atomic_path(os.fspath(path)) as tmp:
             torch.save(checkpoint, tmp)
-            publish(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
 
 
 class LocalDDPStrategy(DDPStrategy):

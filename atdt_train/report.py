@@ -4,14 +4,13 @@ and a Fig. 3-like figure (RGB | Baseline | AT/DT | ground truth)."""
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from atdt_ros.classmap import TABLE_NAMES, colorize
+from atdt_ros.files import atomic_path, atomic_write
 from atdt_ros.metrics import DEPTH_METRICS
 
 METHOD_LABELS: dict[str, str] = {
@@ -146,9 +145,8 @@ def render_report(results: dict[str, Any]) -> str:
 
 def write_report(results: dict[str, Any], path: Path) -> Path:
     """Write ``report.md`` atomically."""
-    from .stages import atomic_write_text
 
-    atomic_write_text(Path(path), render_report(results))
+    atomic_write(Path(path), render_report(results))
     return Path(path)
 
 
@@ -171,8 +169,6 @@ def save_figure(samples: list[dict[str, np.ndarray]], task: str, path: Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .stages import publish
-
     def show(array: np.ndarray) -> np.ndarray:
         if task == "semantic":
             return colorize(array.astype(np.int64))
@@ -191,13 +187,9 @@ def save_figure(samples: list[dict[str, np.ndarray]], task: str, path: Path,
                 ax.set_title(title)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        publish(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path

@@ -1,4 +1,4 @@
-"""The four AT/DT stages on Lightning, and the ``run`` / ``stage`` / ``evaluate`` commands.
+"""The four AT/DT stages on Lightning (the ``run`` / ``stage`` / ``evaluate`` commands: run.py).
 
 1. ``n1``: N1 = D1∘E1 for task 1 on A∪B (``shared: false`` trains ``n1_A`` and ``n1_B``, Sec. 6.2).
 2. ``n2``: N2 = D2∘E2 for task 2 on A (also the Baseline on B).
@@ -14,19 +14,18 @@ when both exist). Single CPU, GPU and DDP (torchrun, SLURM, or ``strategy: ddp``
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from atdt_ros.files import atomic_path, atomic_write
+
 from .config import ConfigError, Experiment, load_experiment
 
 if TYPE_CHECKING:
-    import torch
 
     from .models import TaskNet, TransferNet
 
@@ -78,44 +77,6 @@ def stage_spec(exp: Experiment, name: str) -> tuple[str | None, tuple[str, ...],
     return specs[name]
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Give a finished temporary file the usual permissions and rename it into place (atomic)."""
-    os.chmod(tmp, 0o666 & ~_UMASK)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename."""
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def global_rank() -> int:
     """This process's rank in a distributed run (0 when not distributed)."""
     import torch.distributed as dist
@@ -135,7 +96,7 @@ def save_experiment_copy(exp: Experiment) -> None:
     import yaml
 
     if global_rank() == 0:
-        atomic_write_text(exp.output_dir / "experiment.yaml", yaml.safe_dump(exp.to_dict(), sort_keys=False))
+        atomic_write(exp.output_dir / "experiment.yaml", yaml.safe_dump(exp.to_dict(), sort_keys=False))
 
 
 # ----------------------------------------------------------------------------- data
@@ -174,7 +135,7 @@ def resolve_focal_ref(exp: Experiment) -> float | None:
     if record.is_file():
         return float(json.loads(record.read_text())["focal_ref"])
     focal = float(make_dataset(exp, "A", "train").load(0)[3])
-    atomic_write_text(record, json.dumps({"focal_ref": focal}) + "\n")
+    atomic_write(record, json.dumps({"focal_ref": focal}) + "\n")
     return focal
 
 
@@ -390,7 +351,7 @@ def train_stage(exp: Experiment, name: str) -> dict[str, Any]:
 
         def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
             if trainer.is_global_zero:
-                atomic_write_text(folder / "time.json",
+                atomic_write(folder / "time.json",
                                   json.dumps({"seconds": previous + time.monotonic() - started}) + "\n")
 
     trainer = _make_trainer(exp, name, steps, [Timer(), Finish()])
@@ -413,25 +374,14 @@ def _previous_seconds(folder: Path) -> float:
 
 
 def _write_done(exp: Experiment, name: str, module: Any, step: int, seconds: float) -> None:
-    atomic_torch_save(_weights_record(exp, module), weights_path(exp, name))
+    import torch
+
+    with atomic_path(weights_path(exp, name)) as tmp:
+        torch.save(_weights_record(exp, module), tmp)
     done = {"stage": name, "steps": step, "seconds": round(seconds, 1), "precision": exp.trainer.precision,
             "final_loss": module.last_loss, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write_text(stage_dir(exp, name) / "done.json", json.dumps(done, indent=2) + "\n")
+    atomic_write(stage_dir(exp, name) / "done.json", json.dumps(done, indent=2) + "\n")
     log.info("stage %s: finished %d steps in %.0f s (final loss %.4f)", name, step, seconds, module.last_loss)
-
-
-# ----------------------------------------------------------------------------- whole experiment
-
-def run_experiment(exp: Experiment) -> dict[str, Any] | None:
-    """All stages in order, skipping completed ones, then evaluation (on rank zero only)."""
-    save_experiment_copy(exp)
-    for name in training_stages(exp):
-        train_stage(exp, name)
-    if global_rank() != 0:
-        return None
-    from .evaluate import evaluate_experiment
-
-    return evaluate_experiment(exp)
 
 
 def load_networks(cfg_or_path: Experiment | str | os.PathLike) -> tuple["TaskNet", "TaskNet", "TransferNet", dict[str, Any]]:
@@ -466,92 +416,3 @@ def load_networks(cfg_or_path: Experiment | str | os.PathLike) -> tuple["TaskNet
                         "g": str(weights_path(exp, "g"))},
     }
     return n1, n2, g, info
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("experiment", help="experiment YAML file (config/experiments/*.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a setting, e.g. --set steps.n1=100 (repeatable)")
-
-
-def register(subparsers: Any) -> None:
-    """Add the ``run``, ``stage`` and ``evaluate`` subcommands."""
-    p = subparsers.add_parser("run", help="run every AT/DT stage of an experiment, then evaluate",
-                              description="Train N1, N2, G and the Oracle (skipping finished stages, "
-                                          "resuming killed ones), evaluate, write results.json, report.md, figures.")
-    _add_common(p)
-    p.set_defaults(func=_cmd_run)
-    p = subparsers.add_parser("stage", help="run one stage of an experiment")
-    p.add_argument("name", choices=STAGE_NAMES, help="stage to run")
-    _add_common(p)
-    p.add_argument("--force", action="store_true", help="re-run a finished stage (its outputs are replaced)")
-    p.set_defaults(func=_cmd_stage)
-    p = subparsers.add_parser("evaluate", help="evaluate a trained experiment and write its report")
-    _add_common(p)
-    p.set_defaults(func=_cmd_evaluate)
-
-
-def _guarded(fn):
-    def wrapper(args: argparse.Namespace) -> int:
-        from .lit import NonFiniteLossError
-
-        try:
-            return fn(args)
-        except (ConfigError, FileNotFoundError, ValueError) as exc:
-            log.error("%s", exc)
-            return 2
-        except NonFiniteLossError as exc:
-            log.error("%s", exc)
-            return 1
-        except Exception as exc:
-            from .data import DatasetError
-
-            if isinstance(exc, DatasetError):
-                log.error("%s", exc)
-                return 2
-            raise
-    return wrapper
-
-
-@_guarded
-def _cmd_run(args: argparse.Namespace) -> int:
-    exp = load_experiment(args.experiment, args.overrides)
-    results = run_experiment(exp)
-    if results is not None:
-        print(f"results: {exp.output_dir / 'results.json'}\nreport:  {exp.output_dir / 'report.md'}")
-    return 0
-
-
-@_guarded
-def _cmd_stage(args: argparse.Namespace) -> int:
-    exp = load_experiment(args.experiment, args.overrides)
-    save_experiment_copy(exp)
-    if args.name == "evaluate":
-        return _evaluate(exp)
-    names = [args.name]
-    if args.name == "n1" and not exp.shared:
-        names = ["n1_A", "n1_B"]
-    for name in names:
-        if args.force:
-            for f in ("done.json", "weights.pt"):
-                (stage_dir(exp, name) / f).unlink(missing_ok=True)
-        train_stage(exp, name)
-    return 0
-
-
-def _evaluate(exp: Experiment) -> int:
-    if global_rank() != 0:
-        return 0
-    from .evaluate import evaluate_experiment
-
-    evaluate_experiment(exp)
-    print(f"results: {exp.output_dir / 'results.json'}\nreport:  {exp.output_dir / 'report.md'}")
-    return 0
-
-
-@_guarded
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    exp = load_experiment(args.experiment, args.overrides)
-    return _evaluate(exp)

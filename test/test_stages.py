@@ -253,7 +253,8 @@ def test_bf16_training_runs_or_falls_back_to_fp32_with_a_warning(domains, tmp_pa
 
 def test_weights_record_their_decoder_and_older_records_load(domains, tmp_path):
     from atdt_train.models import FULL_RESOLUTION_WIDTHS, TaskNet
-    from atdt_train.stages import atomic_torch_save, load_task_net, train_stage, weights_path
+    from atdt_ros.files import atomic_path
+    from atdt_train.stages import load_task_net, train_stage, weights_path
 
     exp = experiment_from_dict(experiment(domains, tmp_path / "out", steps=1,
                                           model={"decoder_widths": [32, 16]}))
@@ -263,8 +264,9 @@ def test_weights_record_their_decoder_and_older_records_load(domains, tmp_path):
     assert net(torch.randn(1, 3, H, W)).shape == (1, 11, H, W)  # last layer at 1/8, up-sampled
     # a record from before decoder widths were configurable holds the full-resolution decoder
     legacy = TaskNet("semantic", 18, "batch", 4, FULL_RESOLUTION_WIDTHS)
-    atomic_torch_save({"kind": "task_net", "task": "semantic", "depth": 18, "norm": "batch",
-                       "feature_level": 4, "state_dict": legacy.state_dict()}, weights_path(exp, "n2"))
+    with atomic_path(weights_path(exp, "n2")) as tmp:
+        torch.save({"kind": "task_net", "task": "semantic", "depth": 18, "norm": "batch",
+                    "feature_level": 4, "state_dict": legacy.state_dict()}, tmp)
     assert load_task_net(exp, "n2").decoder.widths == FULL_RESOLUTION_WIDTHS
 
 

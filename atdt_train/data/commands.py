@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
+from atdt_ros.files import atomic_write
+
 from .decoders import KINDS
 from .filelist import DatasetError, Frame, read_filelist, read_list_kind, write_filelist
 
@@ -132,9 +134,7 @@ def _declare_kind(list_path: Path, kind: str) -> None:
     existing = read_list_kind(list_path)
     meta = list_path.absolute().parent / "dataset.yaml"
     if existing is None and not meta.exists():
-        tmp = meta.with_name(".dataset.yaml.tmp")
-        tmp.write_text(f"kind: {kind}\n", encoding="utf-8")
-        os.replace(tmp, meta)
+        atomic_write(meta, f"kind: {kind}\n")
     elif existing != kind:
         log.warning("%s declares kind %r, not %r: give --kind %s / kind: %s when using %s",
                     meta, existing, kind, kind, kind, list_path)
@@ -198,11 +198,11 @@ def run_proxy_depth(args: argparse.Namespace) -> int:
             return 2
         stats.add(depth, exact)
         target = out / "depth" / f"{index:06d}_{frame.rgb.stem}.png"
-        tmp = target.with_name(f".{target.stem}.tmp.png")
-        if not cv2.imwrite(str(tmp), encode_depth_png256(depth)):
-            log.error("cannot write %s", tmp)
+        ok, png = cv2.imencode(".png", encode_depth_png256(depth))
+        if not ok:
+            log.error("cannot encode %s", target)
             return 1
-        os.replace(tmp, target)
+        atomic_write(target, png.tobytes())
         new_frames.append(Frame(frame.rgb, frame.right, frame.semantic, target))
     list_path = write_filelist(out / Path(args.list).name, new_frames)
     _declare_kind(list_path, kind)

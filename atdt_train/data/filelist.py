@@ -7,10 +7,11 @@ This is the official AT/DT code's format. An empty field means "not available". 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
+
+from atdt_ros.files import atomic_write
 
 FIELDS: tuple[str, ...] = ("rgb", "right", "semantic", "depth")
 SEPARATOR = ";"
@@ -76,14 +77,7 @@ def write_filelist(path: str | os.PathLike, frames: Iterable[Frame]) -> Path:
         if frame.rgb is None:
             raise DatasetError(f"cannot write {path}: a frame has no rgb path")
         lines.append(SEPARATOR.join(_relative(getattr(frame, f), base, path) for f in FIELDS))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=base)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, "".join(line + "\n" for line in lines))
     return path
 
 

@@ -13,8 +13,6 @@ import argparse
 import fcntl
 import json
 import logging
-import os
-import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from atdt_ros.files import atomic_write
 from atdt_train import cliargs
 
 log = logging.getLogger(__name__)
@@ -118,7 +117,7 @@ def simulate(domain: str, frames: int, size: tuple[int, int], split: str, seed: 
     camera = dict(intrinsics(preset.camera.hfov_deg, width, height), width=width,
                   height=height, baseline=preset.camera.baseline_m)
     _record_dataset(out, preset, split, seed, size, frames, stereo, camera)
-    _write_atomic(split_dir / "camera.json", (json.dumps(camera, indent=2) + "\n").encode())
+    atomic_write(split_dir / "camera.json", (json.dumps(camera, indent=2) + "\n").encode())
 
     def paths(i: int) -> dict[str, Path]:
         stem = frame_name(i) + ".png"
@@ -187,7 +186,7 @@ def simulate(domain: str, frames: int, size: tuple[int, int], split: str, seed: 
         right = f"{split}/right/{stem}" if stereo else ""
         lines.append(f"{split}/rgb/{stem};{right};{split}/semantic/{stem};{split}/depth/{stem}")
     filelist = out / f"{split}.txt"
-    _write_atomic(filelist, ("\n".join(lines) + "\n").encode())
+    atomic_write(filelist, ("\n".join(lines) + "\n").encode())
     log.info("wrote %s (%d frames)", filelist, frames)
     return filelist
 
@@ -209,22 +208,7 @@ def _save_frame(images: dict[Path, np.ndarray]) -> None:
         ok, buf = cv2.imencode(".png", img, params)
         if not ok:
             raise RuntimeError(f"PNG encoding failed for {path}")
-        _write_atomic(path, buf.tobytes())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory."""
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        atomic_write(path, buf.tobytes())
 
 
 def _record_dataset(out: Path, preset: Any, split: str, seed: int, size: tuple[int, int],
@@ -263,4 +247,4 @@ def _record_dataset(out: Path, preset: Any, split: str, seed: int, size: tuple[i
                          "camera": camera,
                          "frames_per_sequence": preset.camera.frames_per_sequence}
         meta["splits"] = splits
-        _write_atomic(path, yaml.safe_dump(meta, sort_keys=False).encode())
+        atomic_write(path, yaml.safe_dump(meta, sort_keys=False).encode())
