@@ -39,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -415,8 +416,8 @@ class ReplayOptions:
     malformed_wait: float = 1.0
     resend_after: float = 5.0
     speed: float = 1.0
-    min_depth: float = 0.5
-    max_depth: float = 80.0
+    min_depth: float | None = None  # None: the chain's metadata (with model), else 0.5
+    max_depth: float | None = None  # None: the chain's metadata (with model), else 80
     limit: int | None = None
     figure_rows: int = 4
     diagnostics_wait: float = 2.5
@@ -951,6 +952,32 @@ def write_report(replay: Replay, out: Path) -> dict[str, Any]:
 # Entry points
 
 
+DEFAULT_DEPTH_RANGE: tuple[float, float] = (0.5, 80.0)
+
+
+def resolve_depth_range(opts: ReplayOptions) -> ReplayOptions:
+    """The depth metric range: given values, else the chain's own (``depth.min``/``max`` in its
+    metadata.json, what offline evaluation used) when the replay starts the node, else 0.5-80 m."""
+    if opts.min_depth is not None and opts.max_depth is not None:
+        chosen, source = (opts.min_depth, opts.max_depth), "given"
+    elif opts.model:
+        from atdt_ros.artifact import ArtifactError, load_metadata
+
+        try:
+            depth = load_metadata(opts.model).depth
+        except ArtifactError as exc:
+            raise ReplayError(str(exc)) from exc
+        chosen, source = (depth.min, depth.max), f"{opts.model}/metadata.json"
+    else:
+        chosen, source = DEFAULT_DEPTH_RANGE, "default (no --model to read it from)"
+    low = opts.min_depth if opts.min_depth is not None else chosen[0]
+    high = opts.max_depth if opts.max_depth is not None else chosen[1]
+    if not low < high:
+        raise ReplayError(f"depth range {low:g}-{high:g} m: the minimum must be below the maximum")
+    log.info("depth metrics over %g-%g m (%s)", low, high, source)
+    return dataclasses.replace(opts, min_depth=low, max_depth=high)
+
+
 def replay(opts: ReplayOptions) -> dict[str, Any]:
     """Run one replay (starting the node when ``opts.model`` is set) and write its report."""
     if opts.mode not in MODES:
@@ -960,6 +987,7 @@ def replay(opts: ReplayOptions) -> dict[str, Any]:
     source = BagSource(opts.bag, opts.topics)
     process = None
     link = None
+    opts = resolve_depth_range(opts)
     try:
         if opts.model:
             process = start_node(opts.model, opts.namespace, opts.params_file, opts.backend,
@@ -1015,8 +1043,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--malformed-wait", type=_positive, default=1.0,
                    help="accuracy mode: seconds to wait for an answer to a malformed frame (default 1)")
     p.add_argument("--speed", type=_positive, default=1.0, help="realtime mode: multiple of the recorded rate")
-    p.add_argument("--min-depth", type=_positive, default=0.5, help="depth metric range, metres (default 0.5)")
-    p.add_argument("--max-depth", type=_positive, default=80.0, help="depth metric range, metres (default 80)")
+    p.add_argument("--min-depth", type=_positive, default=None,
+                   help="depth metric range, metres (default: the chain's metadata with --model, else 0.5)")
+    p.add_argument("--max-depth", type=_positive, default=None,
+                   help="depth metric range, metres (default: the chain's metadata with --model, else 80)")
     p.add_argument("--limit", type=int, default=None, help="replay only the first N frames")
     p.add_argument("--figure-rows", type=int, default=4, help="frames in the qualitative figure (default 4)")
     for role, topic in DEFAULT_TOPICS.items():
@@ -1037,7 +1067,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.min_depth >= args.max_depth:
+    if args.min_depth is not None and args.max_depth is not None and args.min_depth >= args.max_depth:
         log.error("--min-depth %g must be below --max-depth %g", args.min_depth, args.max_depth)
         return 2
     if args.limit is not None and args.limit <= 0:

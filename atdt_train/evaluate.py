@@ -32,7 +32,7 @@ from atdt_ros.metrics import DepthMetric, SegmentationMetric
 
 from .config import Experiment
 from .lit import depth_to_metres
-from .models import TaskNet, TransferNet
+from .models import TaskNet, TransferNet, transfer
 from .stages import (adapt_to_machine, configure_threads, e1_stage, is_done, load_task_net,
                      load_transfer_net, make_dataset, resolve_focal_ref, stage_dir, training_stages)
 
@@ -139,7 +139,7 @@ def evaluate_domain(exp: Experiment, domain: str, nets: dict[str, nn.Module], de
         return x.contiguous(memory_format=torch.channels_last) if cl else x
 
     def eq4(e1_: nn.Module, g_: nn.Module, d2_: nn.Module) -> Predictor:
-        return lambda x: d2_(g_(e1_(x)), tuple(x.shape[-2:]))  # Eq. 4: D2(G(E1(x)))
+        return lambda x: transfer(e1_, g_, d2_, x)
 
     predictors: dict[str, Predictor] = {"baseline": n2, "atdt": eq4(e1, g, d2)}
     adabn = exp.evaluation.adabn_batches > 0 and has_batchnorm(n2)

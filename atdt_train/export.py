@@ -59,6 +59,8 @@ def labels(logits: "torch.Tensor") -> "torch.Tensor":
 def _chain_class() -> type:
     from torch import nn
 
+    from atdt_train.models import transfer_features
+
     class Chain(nn.Module):
         """Eq. 4 deployed: task 1 = D1(E1(x)), task 2 = D2(G(E1(x))), one E1 pass for both."""
 
@@ -74,7 +76,7 @@ def _chain_class() -> type:
             size = (x.shape[-2], x.shape[-1])
             features = self.e1(x)
             task1 = self.d1(features, size)                 # N1 = D1∘E1
-            task2 = self.d2(self.g(features), size)         # Eq. 4: D2(G(E1(x)))
+            task2 = transfer_features(self.g, self.d2, features, size)  # Eq. 4
             depth, logits = (task1, task2) if self.task1 == "depth" else (task2, task1)
             return depth, labels(logits)
 

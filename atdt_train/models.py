@@ -334,9 +334,16 @@ class TransferNet(nn.Module):
         return self.out(x)
 
 
-def transfer(e1: Encoder, g: TransferNet, d2: Decoder, x: torch.Tensor) -> torch.Tensor:
+def transfer_features(g: nn.Module, d2: nn.Module, features: torch.Tensor,
+                      size: tuple[int, int]) -> torch.Tensor:
+    """Eq. 4 on task-1 features f = E1(x): D2(G(f)) at the image size. The one place it is
+    written: training-time evaluation, the exported chain and the tests all call it."""
+    return d2(g(features), size)
+
+
+def transfer(e1: nn.Module, g: nn.Module, d2: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Eq. 4: task-2 prediction from task-1 features, D2(G(E1(x)))."""
-    return d2(g(e1(x)), tuple(x.shape[-2:]))
+    return transfer_features(g, d2, e1(x), (x.shape[-2], x.shape[-1]))
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from typing import Any
 
 from .config import ConfigError, Experiment, load_experiment
@@ -93,9 +94,13 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     if args.name == "n1" and not exp.shared:
         names = ["n1_A", "n1_B"]
     for name in names:
-        if args.force:
-            for f in ("done.json", "weights.pt"):
-                (stage_dir(exp, name) / f).unlink(missing_ok=True)
+        if args.force and global_rank() == 0:
+            # a forced stage trains from step 0: its checkpoints go too, or it would resume from
+            # last.ckpt at its final step and finish at once without training (logs are kept)
+            folder = stage_dir(exp, name)
+            for f in ("done.json", "weights.pt", "time.json"):
+                (folder / f).unlink(missing_ok=True)
+            shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         train_stage(exp, name)
     return 0
 

@@ -171,3 +171,20 @@ def test_missing_camera_topic_and_missing_bag_are_named(tmp_path, setup, caplog)
     assert main(["--bag", str(setup["bag"]), "--out", str(tmp_path / "o"), "--image-topic", "/cam/none",
                  "--timeout", "1"]) == 1
     assert "no camera topic /cam/none" in caplog.text and "/camera/image_raw (sensor_msgs/msg/Image)" in caplog.text
+
+
+def test_the_depth_range_comes_from_the_chain_unless_given(tmp_path_factory) -> None:
+    import chain_helpers
+    from atdt_ros.replay import ReplayError, resolve_depth_range
+
+    chain = chain_helpers.exported_chain(tmp_path_factory)
+    raw = json.loads((chain / "metadata.json").read_text())["depth"]
+    own = ReplayOptions(bag="b", out="o", model=str(chain))
+    got = resolve_depth_range(own)
+    assert (got.min_depth, got.max_depth) == (raw["min"], raw["max"])  # what offline evaluation used
+    got = resolve_depth_range(ReplayOptions(bag="b", out="o", model=str(chain), max_depth=40.0))
+    assert (got.min_depth, got.max_depth) == (raw["min"], 40.0)
+    got = resolve_depth_range(ReplayOptions(bag="b", out="o"))  # a node started elsewhere
+    assert (got.min_depth, got.max_depth) == (0.5, 80.0)
+    with pytest.raises(ReplayError, match="minimum must be below"):
+        resolve_depth_range(ReplayOptions(bag="b", out="o", model=str(chain), min_depth=500.0))

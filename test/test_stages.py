@@ -220,6 +220,25 @@ def test_resumed_stage_continues_from_its_checkpoint(domains, tmp_path, caplog):
     assert min(_logged_steps(folder, 1)) >= 2  # the resumed run trained steps 2..3 only
 
 
+def test_stage_force_retrains_from_step_zero(domains, tmp_path, caplog):
+    from atdt_train.stages import load_weights, stage_dir, weights_path
+
+    data = experiment(domains, tmp_path / "out", steps=2, trainer={"checkpoint_every": 1})
+    path = write_yaml(tmp_path / "exp.yaml", data)
+    assert main(["stage", "n2", path]) == 0
+    exp = load_experiment(path)
+    folder = stage_dir(exp, "n2")
+    assert (folder / "checkpoints" / "last.ckpt").is_file()
+    first = load_weights(weights_path(exp, "n2"))["state_dict"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main(["stage", "n2", path, "--force", "--set", "seed=1"]) == 0
+    assert "resuming from" not in caplog.text and "done already" not in caplog.text
+    assert min(_logged_steps(folder, 1)) == 0 and max(_logged_steps(folder, 1)) == 1  # trained again
+    again = load_weights(weights_path(exp, "n2"))["state_dict"]
+    assert any(not torch.equal(v, again[k]) for k, v in first.items())  # new weights (seed 1)
+
+
 def test_a_seeded_stage_repeats_bit_for_bit(domains, tmp_path):
     from atdt_train.stages import load_weights, train_stage, weights_path
 
