@@ -188,6 +188,13 @@ def _need(obj: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any
     return value
 
 
+def _numbers(obj: dict, key: str, where: str) -> tuple[float, ...]:
+    values = _need(obj, key, list, where)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ArtifactError(f"{where}.{key}: expected a list of numbers, got {values!r:.80}")
+    return tuple(float(v) for v in values)
+
+
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     if isinstance(kind, tuple):
         return " or ".join(k.__name__ for k in kind)
@@ -211,8 +218,7 @@ def validate(raw: dict, source: str = METADATA_FILE) -> Metadata:
     channels = _need(inp, "channels", str, w)
     if channels != "rgb":
         raise ArtifactError(f"{w}.channels: expected 'rgb', got {channels!r}")
-    mean = tuple(float(v) for v in _need(inp, "mean", list, w))
-    std = tuple(float(v) for v in _need(inp, "std", list, w))
+    mean, std = _numbers(inp, "mean", w), _numbers(inp, "std", w)
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise ArtifactError(f"{w}: mean and std must hold 3 values, std positive")
     dtype = _need(inp, "dtype", str, w)
@@ -233,7 +239,10 @@ def validate(raw: dict, source: str = METADATA_FILE) -> Metadata:
     cw = where + ".classes"
     ids = tuple(_need(cls, "ids", list, cw))
     names = tuple(_need(cls, "names", list, cw))
-    colors = tuple(tuple(c) for c in _need(cls, "colors", list, cw))
+    raw_colors = _need(cls, "colors", list, cw)
+    if not all(isinstance(c, list) for c in raw_colors):
+        raise ArtifactError(f"{cw}.colors: expected a list of [r, g, b] lists, got {raw_colors!r:.80}")
+    colors = tuple(tuple(c) for c in raw_colors)
     unlabeled = _need(cls, "unlabeled_id", int, cw)
     if not ids or not (len(ids) == len(names) == len(colors)):
         raise ArtifactError(f"{cw}: ids, names and colors must be non-empty and equally long")
@@ -255,6 +264,8 @@ def validate(raw: dict, source: str = METADATA_FILE) -> Metadata:
                            _need(dep, "focal_normalised", bool, dw),
                            float(_need(dep, "focal_ref", float, dw)),
                            float(_need(dep, "default_focal", float, dw)))
+    if not depth_spec.min < depth_spec.max:
+        raise ArtifactError(f"{dw}: min {depth_spec.min:g} must be below max {depth_spec.max:g} (metres)")
     if depth_spec.focal_normalised and (depth_spec.focal_ref <= 0 or depth_spec.default_focal <= 0):
         raise ArtifactError(f"{dw}: focal_ref and default_focal must be positive")
 

@@ -14,6 +14,7 @@ Start it with ``atdt_perception --ros-args --params-file config/perception.yaml`
 from __future__ import annotations
 
 import collections
+import re
 import sys
 import threading
 import time
@@ -198,10 +199,20 @@ class PerceptionNode(Node):
         return f", torch.compile took {self.backend.compile_seconds:.1f} s"
 
     def _read_parameters(self) -> dict[str, Any]:
+        from rcl_interfaces.msg import ParameterDescriptor
+
         values = {}
         for name, default in PARAMETERS.items():
             try:
-                values[name] = self.declare_parameter(name, default).value
+                if isinstance(default, float):  # 1 in a params file means 1.0: accept integers
+                    value = self.declare_parameter(
+                        name, default, ParameterDescriptor(dynamic_typing=True)).value
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise TypeError(f"got {type(value).__name__} {value!r}")
+                    value = float(value)
+                else:
+                    value = self.declare_parameter(name, default).value
+                values[name] = value
             except Exception as exc:  # wrong type in the params file
                 raise StartupError(f"parameter {name}: {exc} (expected "
                                    f"{type(default).__name__}, default {default!r})") from exc
@@ -215,8 +226,21 @@ class PerceptionNode(Node):
         if values["precision"] not in PRECISIONS:
             raise StartupError(f"parameter precision: '{values['precision']}' is not one of "
                                f"{', '.join(PRECISIONS)}")
-        if values["threads"] < 0 or values["diagnostics_period"] <= 0:
-            raise StartupError("parameters threads must be >= 0 and diagnostics_period > 0")
+        if values["threads"] < 0:
+            raise StartupError(f"parameter threads: {values['threads']} must be >= 0 (0: the "
+                               f"library default)")
+        if not 0.01 <= values["diagnostics_period"] <= 3600:
+            raise StartupError(f"parameter diagnostics_period: {values['diagnostics_period']} s is "
+                               f"outside 0.01..3600 s")
+        if values["error_throttle"] < 0:
+            raise StartupError(f"parameter error_throttle: {values['error_throttle']} s must be "
+                               f">= 0 (0: log every rejection)")
+        for name in ("input_depth", "output_depth"):
+            if not 1 <= values[name] <= 10000:
+                raise StartupError(f"parameter {name}: {values[name]} is outside 1..10000")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", values["device"]):
+            raise StartupError(f"parameter device: '{printable(values['device'])}' is not one of "
+                               f"cpu, cuda, cuda:N")
         if not (values["publish_depth"] or values["publish_semantic"]
                 or values["publish_semantic_color"]):
             raise StartupError("parameters publish_depth, publish_semantic and "

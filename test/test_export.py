@@ -183,6 +183,12 @@ def _write(tmp: Path, chain: Path, edit) -> Path:
     (lambda r: r["depth"].update(units="mm"), "depth.units: expected 'm'"),
     (lambda r: r.update(direction="sideways"), "direction: 'sideways', expected one of"),
     (lambda r: r["classes"].update(unlabeled_id=3), "unlabeled_id: 3 must be in 0..255 and not"),
+    (lambda r: r["input"].update(mean=["a", 0.4, 0.4]), "input.mean: expected a list of numbers"),
+    (lambda r: r["classes"].update(colors=[1] * len(r["classes"]["ids"])),
+     r"classes.colors: expected a list of \[r, g, b\] lists"),
+    (lambda r: r["depth"].update(min=90.0, max=80.0), "depth: min 90 must be below max 80"),
+    (lambda r: r["formats"].update(onnx="/etc/chain.onnx"), "points outside the model directory"),
+    (lambda r: r["files"].update({"chain.onnx": "nothex"}), "expected a SHA-256 hex digest"),
 ])
 def test_invalid_metadata_is_refused_naming_the_key(tmp_path, chain, edit, message) -> None:
     with pytest.raises(ArtifactError, match=message):

@@ -455,3 +455,24 @@ def test_unknown_parameter_in_the_yaml_stops_naming_it(tmp_path, chain) -> None:
     code, out = _run_to_exit(_params_file(tmp_path, chain, input_qos_typo="reliable"))
     assert code != 0
     assert "unknown parameter(s) input_qos_typo" in out
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"device": "foo"}, "parameter device: 'foo' is not one of cpu, cuda, cuda:N"),
+    ({"error_throttle": -1.0}, "parameter error_throttle: -1.0 s must be >= 0"),
+    ({"diagnostics_period": 0.0001}, "parameter diagnostics_period: 0.0001 s is outside 0.01..3600"),
+    ({"input_depth": 2 ** 31}, f"parameter input_depth: {2 ** 31} is outside 1..10000"),
+    ({"diagnostics_period": "fast"}, "parameter diagnostics_period"),
+])
+def test_bad_parameter_values_stop_the_node_naming_them(tmp_path, chain, override, message) -> None:
+    code, out = _run_to_exit(_params_file(tmp_path, chain, **override))
+    assert code == 2, out
+    assert message in out and "Traceback" not in out, out
+
+
+def test_an_integer_is_taken_for_a_float_parameter(tmp_path, chain) -> None:
+    # `diagnostics_period: 1` in a params file means 1.0 s; build_only loads the model and exits
+    code, out = _run_to_exit(_params_file(tmp_path, chain, diagnostics_period=1, error_throttle=0,
+                                          build_only=True))
+    assert code == 0, out
+    assert "build_only: backend onnxruntime ready" in out

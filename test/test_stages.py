@@ -344,3 +344,32 @@ def test_two_process_ddp_trains_and_checkpoints_like_one(domains, tmp_path, dep2
     ddp = torch.load(folder / "weights.pt", weights_only=True)
     assert single["state_dict"].keys() == ddp["state_dict"].keys()
     assert all(torch.isfinite(v.float()).all() for v in ddp["state_dict"].values())
+
+
+def test_adabn_replaces_the_statistics_with_those_of_the_new_domain():
+    """adapt_batchnorm: each batch-norm layer ends with the cumulative mean and variance of what
+    reaches it on the new domain's images (here brighter, more contrasted ones than at training)."""
+    from atdt_train.evaluate import adapt_batchnorm
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 2, 3), torch.nn.BatchNorm2d(2)).eval()
+    for _ in range(20):  # "domain A": statistics of N(0, 1) images
+        net.train()(torch.randn(4, 3, 16, 16))
+    net.eval()
+    before = net[1].running_mean.clone()
+    batches = [{"image": 3.0 + 2.0 * torch.randn(4, 3, 16, 16)} for _ in range(3)]  # "domain B"
+    used = adapt_batchnorm([net], net, batches + batches, max_batches=3, prepare=lambda x: x)
+    assert used == 3
+    assert not net[1].training and net[1].momentum == 0.1  # back to eval, momentum restored
+    with torch.no_grad():
+        first = [net[0](b["image"]) for b in batches]
+        mean = torch.stack([f.mean(dim=(0, 2, 3)) for f in first]).mean(0)
+        var = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in first]).mean(0)
+        second = [net[3](torch.relu(torch.nn.functional.batch_norm(
+            f, f.mean(dim=(0, 2, 3)), f.var(dim=(0, 2, 3), unbiased=False), net[1].weight,
+            net[1].bias, eps=net[1].eps))) for f in first]
+    torch.testing.assert_close(net[1].running_mean, mean)
+    torch.testing.assert_close(net[1].running_var, var)
+    torch.testing.assert_close(net[4].running_mean, torch.stack([s.mean(dim=(0, 2, 3)) for s in second]).mean(0))
+    assert (net[1].running_mean - before).abs().max() > 0.5  # it really moved towards B's
