@@ -34,10 +34,11 @@ from sensor_msgs.msg import CameraInfo, Image
 from atdt_ros.artifact import ArtifactError, load_metadata
 from atdt_ros.backends import BACKENDS, PRECISIONS, BackendUnavailable, open_backend, tensorrt_status
 from atdt_ros.imgproc import InputError, Postprocessor, Preprocessor, array_to_image_fields, image_to_array
+from atdt_ros.interface import (  # the interface, defined once
+    CAMERA_INFO, CLASS_MAP, DEPTH, DIAGNOSTICS, IMAGE, NODE_NAME, OUTPUT_CAMERA_INFO, QOS_CHOICES,
+    SEMANTIC, SEMANTIC_COLOR,
+)
 from atdt_ros.sanitize import MAX_MESSAGE, printable
-
-NODE_NAME = "atdt_perception"
-QOS_CHOICES: tuple[str, ...] = ("sensor_data", "reliable", "best_effort")
 
 PARAMETERS: dict[str, Any] = {
     "model_path": "",              # artifact directory written by `atdt_train export`
@@ -168,16 +169,16 @@ class PerceptionNode(Node):
 
         self.input_qos = qos_profile(self.p["input_qos"], self.p["input_depth"], "input_qos")
         out_qos = qos_profile(self.p["output_qos"], self.p["output_depth"], "output_qos")
-        self.pub_depth = self.create_publisher(Image, "~/depth", out_qos)
-        self.pub_info = self.create_publisher(CameraInfo, "~/camera_info", out_qos)
-        self.pub_semantic = self.create_publisher(Image, "~/semantic", out_qos)
-        self.pub_color = self.create_publisher(Image, "~/semantic_color", out_qos)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.pub_depth = self.create_publisher(Image, f"~/{DEPTH}", out_qos)
+        self.pub_info = self.create_publisher(CameraInfo, f"~/{OUTPUT_CAMERA_INFO}", out_qos)
+        self.pub_semantic = self.create_publisher(Image, f"~/{SEMANTIC}", out_qos)
+        self.pub_color = self.create_publisher(Image, f"~/{SEMANTIC_COLOR}", out_qos)
+        self.pub_diag = self.create_publisher(DiagnosticArray, DIAGNOSTICS, 10)
         self._publish_class_map()
 
         self.mailbox = Mailbox(keep_all=bool(self.p["process_all"]))
         self.sub_image = None
-        self.sub_info = self.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
+        self.sub_info = self.create_subscription(CameraInfo, CAMERA_INFO, self._on_camera_info,
                                                  self.input_qos)
         self.create_timer(0.2, self._update_subscription)
         self.create_timer(float(self.p["diagnostics_period"]), self._publish_diagnostics)
@@ -279,7 +280,25 @@ class PerceptionNode(Node):
         if name == "auto":
             why = "" if backend.name == "tensorrt" else f"; tensorrt: {tensorrt_status()[1]}"
             self.get_logger().info(f"backend auto chose {backend.name} on {backend.device}{why}")
+        self._check_on_blank_frame(backend)
         return backend
+
+    def _check_on_blank_frame(self, backend: Any) -> None:
+        """Run the chain once on a blank frame of metadata.json's input size: a size (or model)
+        that does not fit stops the node here, not as a rejection of every camera frame."""
+        inp = self.metadata.input
+        where = f"{self.p['model_path']}/metadata.json"
+        try:
+            out = backend.infer(np.zeros((1, 3, inp.height, inp.width), np.float32))
+        except Exception as exc:
+            raise StartupError(
+                f"the model does not run on a blank {inp.width}x{inp.height} frame, the input "
+                f"size {where} gives: {type(exc).__name__}: {printable(exc, 300)}") from exc
+        want = {"depth": (1, 1, inp.height, inp.width), "semantic": (1, inp.height, inp.width)}
+        got = {k: tuple(np.shape(out.get(k))) for k in want}
+        if got != want:
+            raise StartupError(f"the model's outputs on a {inp.width}x{inp.height} frame have "
+                               f"shapes {got}, not {want} as {where} declares")
 
     def _publish_class_map(self) -> None:
         from atdt_ros.classmap import SemanticClass
@@ -291,7 +310,7 @@ class PerceptionNode(Node):
         msg = classmap_message(
             stamp=self.get_clock().now().to_msg(), unlabeled=cls.unlabeled_id,
             classes=[SemanticClass(i, n, tuple(c)) for i, n, c in zip(cls.ids, cls.names, cls.colors)])
-        self.pub_class_map = self.create_publisher(type(msg), "~/class_map", latched)
+        self.pub_class_map = self.create_publisher(type(msg), f"~/{CLASS_MAP}", latched)
         self.pub_class_map.publish(msg)
 
     # ---- subscriptions --------------------------------------------------------------------
@@ -307,7 +326,7 @@ class PerceptionNode(Node):
         """Subscribe to the camera only while some output has a subscriber."""
         active = any(self._wanted())
         if active and self.sub_image is None:
-            self.sub_image = self.create_subscription(Image, "image", self._on_image,
+            self.sub_image = self.create_subscription(Image, IMAGE, self._on_image,
                                                       self.input_qos)
             self.get_logger().info(f"subscribed to {self.sub_image.topic_name}")
         elif not active and self.sub_image is not None:

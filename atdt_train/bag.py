@@ -29,14 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
+from atdt_ros import interface
 from atdt_train.cliargs import parse_size, positive_float, positive_int
 
 log = logging.getLogger(__name__)
 
-IMAGE_TOPIC = "/camera/image_raw"
-CAMERA_INFO_TOPIC = "/camera/camera_info"
-DEPTH_TOPIC = "/ground_truth/depth"
-SEMANTIC_TOPIC = "/ground_truth/semantic"
+IMAGE_TOPIC = interface.BAG_IMAGE
+CAMERA_INFO_TOPIC = interface.BAG_CAMERA_INFO
+DEPTH_TOPIC = interface.BAG_DEPTH
+SEMANTIC_TOPIC = interface.BAG_SEMANTIC
 STORAGES: tuple[str, ...] = ("mcap", "sqlite3")
 DEFAULT_START_NS: int = 1_700_000_000 * 10**9
 """Stamp of the first frame (a fixed instant, so that a bag is reproducible byte for byte)."""

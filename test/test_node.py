@@ -22,9 +22,11 @@ import yaml
 
 import chain_helpers
 
+from atdt_ros.interface import NODE_NAME  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 NS = "/atdt_test"
-NODE = f"{NS}/atdt_perception"
+NODE = f"{NS}/{NODE_NAME}"
 STARTUP_TIMEOUT = 120.0  # seconds for the node to import torch and load the chain on a busy CI machine
 
 
@@ -306,6 +308,8 @@ def test_parameters_come_from_the_yaml_file(running) -> None:
     proc, client, chain = running
     assert client.wait(lambda: len(client.got["diag"]) >= 2)
     diag = client.diagnostics()
+    from atdt_ros.interface import DIAGNOSTIC_KEYS
+    assert tuple(diag) == DIAGNOSTIC_KEYS      # the keys the interface module defines, in order
     assert diag["backend"] == "torch"          # YAML says torch; auto would pick onnxruntime
     assert diag["model_hash"] == json.loads((chain / "metadata.json").read_text())["model_hash"][:16]
     with client.cv:
@@ -476,3 +480,16 @@ def test_an_integer_is_taken_for_a_float_parameter(tmp_path, chain) -> None:
                                           build_only=True))
     assert code == 0, out
     assert "build_only: backend onnxruntime ready" in out
+
+
+def test_an_input_size_the_model_cannot_take_stops_the_node_at_start_up(tmp_path, chain) -> None:
+    import shutil
+
+    model = Path(shutil.copytree(chain, tmp_path / "model"))
+    raw = json.loads((model / "metadata.json").read_text())
+    raw["input"].update(height=60, width=100)  # not a multiple of the encoder's stride
+    (model / "metadata.json").write_text(json.dumps(raw))
+    code, out = _run_to_exit(_params_file(tmp_path, model, backend="onnxruntime"))
+    assert code == 2, out
+    assert "does not run on a blank 100x60 frame" in out or "have shapes" in out, out
+    assert str(model / "metadata.json") in out

@@ -5,18 +5,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-
+from atdt_ros.interface import BAG_CAMERA_INFO, BAG_DEPTH, BAG_IMAGE, BAG_SEMANTIC, NODE_NAME
 
 log = logging.getLogger("atdt_replay")
 
+__all__ = ["CAMERA_INFO_TYPE", "DEFAULT_TOPICS", "IMAGE_TYPE", "MODES", "NODE_NAME", "WARMUP_SEC",
+           "ReplayError", "log", "stamp_ns"]
 
 MODES: tuple[str, ...] = ("realtime", "accuracy")
-NODE_NAME = "atdt_perception"
 DEFAULT_TOPICS: dict[str, str] = {
-    "image": "/camera/image_raw",
-    "camera_info": "/camera/camera_info",
-    "depth": "/ground_truth/depth",
-    "semantic": "/ground_truth/semantic",
+    "image": BAG_IMAGE,
+    "camera_info": BAG_CAMERA_INFO,
+    "depth": BAG_DEPTH,
+    "semantic": BAG_SEMANTIC,
 }
 """Bag topics read by default (those ``atdt_train make-bag`` writes)."""
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -27,7 +28,6 @@ WARMUP_SEC = 0
 
 class ReplayError(RuntimeError):
     """The replay cannot run: unreadable bag, missing topic, node not answering; says which."""
-
 
 
 def stamp_ns(stamp: Any) -> int:

@@ -12,19 +12,9 @@ from typing import Any
 import numpy as np
 
 from atdt_ros.sanitize import printable
+from atdt_ros.interface import (CAMERA_INFO, DEPTH, DIAGNOSTICS, IMAGE, SEMANTIC, input_topic,
+                                output_topic)
 from atdt_ros.replay.common import ReplayError, log, stamp_ns
-
-
-def _node_topic(namespace: str, name: str, leaf: str) -> str:
-    ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
-    return f"{ns}/{name}/{leaf}"
-
-
-def _input_topic(namespace: str, leaf: str) -> str:
-    ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
-    return f"{ns}/{leaf}"
-
-
 
 
 class NodeLink:
@@ -46,20 +36,20 @@ class NodeLink:
                                  reliability=ReliabilityPolicy.RELIABLE)
         else:  # what a camera driver offers
             pub_qos = qos_profile_sensor_data
-        self.image_topic = _input_topic(namespace, "image")
-        self.info_topic = _input_topic(namespace, "camera_info")
-        self.depth_topic = _node_topic(namespace, node_name, "depth")
-        self.semantic_topic = _node_topic(namespace, node_name, "semantic")
+        self.image_topic = input_topic(namespace, IMAGE)
+        self.info_topic = input_topic(namespace, CAMERA_INFO)
+        self.depth_topic = output_topic(namespace, DEPTH, node_name)
+        self.semantic_topic = output_topic(namespace, SEMANTIC, node_name)
         self.pub_image = self.node.create_publisher(Image, self.image_topic, pub_qos)
         self.pub_info = self.node.create_publisher(CameraInfo, self.info_topic, pub_qos)
         self.outputs: queue.Queue = queue.Queue()
         self.subs: list[Any] = []
-        self.node_fqn = _input_topic(namespace, node_name)
+        self.node_fqn = input_topic(namespace, node_name)
         self.diagnostics: dict[str, str] = {}
         self.diagnostics_at = 0.0  # perf_counter of the last one
         from diagnostic_msgs.msg import DiagnosticArray
 
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.node.create_subscription(DiagnosticArray, DIAGNOSTICS, self._on_diagnostics, 10)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._spin = threading.Thread(target=self._spin_loop, name="replay_spin", daemon=True)
@@ -110,7 +100,7 @@ class NodeLink:
                 raise ReplayError(
                     f"no node publishes {self.depth_topic} and {self.semantic_topic} after {timeout:.0f} s "
                     f"(ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID', '0')}); start atdt_perception in "
-                    f"namespace '{_input_topic(self._namespace_of(), '')}' or pass --model")
+                    f"namespace '{input_topic(self._namespace_of(), '')}' or pass --model")
             time.sleep(0.05)
         # BEST_AVAILABLE takes the node's reliability; a deep history absorbs bursts
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
