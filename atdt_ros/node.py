@@ -27,16 +27,41 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import (
-    DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data,
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
 )
 from sensor_msgs.msg import CameraInfo, Image
 
 from atdt_ros.artifact import ArtifactError, load_metadata
-from atdt_ros.backends import BACKENDS, PRECISIONS, BackendUnavailable, open_backend, tensorrt_status
-from atdt_ros.imgproc import InputError, Postprocessor, Preprocessor, array_to_image_fields, image_to_array
+from atdt_ros.backends import (
+    BACKENDS,
+    PRECISIONS,
+    BackendUnavailable,
+    open_backend,
+    tensorrt_status,
+)
+from atdt_ros.camera import image_matrices
+from atdt_ros.imgproc import (
+    InputError,
+    Postprocessor,
+    Preprocessor,
+    array_to_image_fields,
+    image_to_array,
+)
 from atdt_ros.interface import (  # the interface, defined once
-    CAMERA_INFO, CLASS_MAP, DEPTH, DIAGNOSTICS, IMAGE, NODE_NAME, OUTPUT_CAMERA_INFO, QOS_CHOICES,
-    SEMANTIC, SEMANTIC_COLOR,
+    CAMERA_INFO,
+    CLASS_MAP,
+    DEPTH,
+    DIAGNOSTICS,
+    IMAGE,
+    NODE_NAME,
+    OUTPUT_CAMERA_INFO,
+    QOS_CHOICES,
+    SEMANTIC,
+    SEMANTIC_COLOR,
 )
 from atdt_ros.sanitize import MAX_MESSAGE, printable
 
@@ -128,19 +153,39 @@ class Counters:
     last_rejection: str = ""
 
 
+def image_geometry(info: CameraInfo, height: int, width: int):
+    """:class:`atdt_ros.camera.ImageGeometry` of an image of (height, width) from its camera_info
+    (binning and ROI honoured, rescaled if the image has another size)."""
+    roi = info.roi
+    return image_matrices(info.k, info.p, info.width, info.height, info.binning_x,
+                          info.binning_y, (roi.x_offset, roi.y_offset, roi.width, roi.height),
+                          (height, width))
+
+
 def scale_camera_info(info: CameraInfo, height: int, width: int) -> CameraInfo:
-    """camera_info for an image of (height, width): K, P rows scaled when sizes differ."""
+    """camera_info for an output image of (height, width).
+
+    When the image has the size its camera_info describes (after ROI and binning), the
+    camera_info is passed on as it is: binning and ROI stay valid for the output, which has the
+    input's pixels. Otherwise an equivalent plain camera_info is built: K and P of the image
+    itself (ROI and binning applied, then rescaled to its size), no binning, no ROI.
+    """
     out = CameraInfo()
     out.distortion_model, out.d, out.r = info.distortion_model, info.d, info.r
-    out.binning_x, out.binning_y, out.roi = info.binning_x, info.binning_y, info.roi
-    sx = width / info.width if info.width else 1.0
-    sy = height / info.height if info.height else 1.0
-    k, p = np.array(info.k, dtype=np.float64), np.array(info.p, dtype=np.float64)
-    k[0:3] *= sx
-    k[3:6] *= sy
-    p[0:4] *= sx
-    p[4:8] *= sy
-    out.k, out.p = k.tolist(), p.tolist()
+    if not (info.width and info.height):  # uncalibrated: nothing to rescale
+        out.k, out.p = list(info.k), list(info.p)
+        out.height, out.width = height, width
+        return out
+    plain = image_matrices(info.k, info.p, info.width, info.height, info.binning_x,
+                           info.binning_y, (info.roi.x_offset, info.roi.y_offset,
+                                            info.roi.width, info.roi.height))
+    if (plain.width, plain.height) == (width, height):
+        out.k, out.p = list(info.k), list(info.p)
+        out.binning_x, out.binning_y, out.roi = info.binning_x, info.binning_y, info.roi
+        out.height, out.width = info.height, info.width
+        return out
+    geometry = image_geometry(info, height, width)
+    out.k, out.p = geometry.k.ravel().tolist(), geometry.p.ravel().tolist()
     out.height, out.width = height, width
     return out
 
@@ -392,8 +437,8 @@ class PerceptionNode(Node):
         if want_depth:
             info = self._camera_info
             focal = None
-            if info is not None and info.k[0] > 0:
-                focal = info.k[0] * (width / info.width if info.width else 1.0)
+            if info is not None and (info.p[0] > 0 or info.k[0] > 0):
+                focal = image_geometry(info, height, width).focal_x  # P, binning, ROI
             depth = self.post.depth_metres(out["depth"], height, width, focal)
             ready.append((self.pub_depth, self._image(msg, depth, "32FC1")))
             if info is not None:

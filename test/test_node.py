@@ -493,3 +493,52 @@ def test_an_input_size_the_model_cannot_take_stops_the_node_at_start_up(tmp_path
     assert code == 2, out
     assert "does not run on a blank 100x60 frame" in out or "have shapes" in out, out
     assert str(model / "metadata.json") in out
+
+
+def _info(width=1280, height=960, binning=(0, 0), roi=(0, 0, 0, 0)):
+    from sensor_msgs.msg import CameraInfo, RegionOfInterest
+
+    info = CameraInfo()
+    info.width, info.height, info.distortion_model = width, height, "plumb_bob"
+    info.k = [1000.0, 0.0, 640.0, 0.0, 1010.0, 480.0, 0.0, 0.0, 1.0]
+    info.p = [990.0, 0.0, 630.0, -99.0, 0.0, 995.0, 470.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    info.binning_x, info.binning_y = binning
+    info.roi = RegionOfInterest(x_offset=roi[0], y_offset=roi[1], width=roi[2], height=roi[3])
+    return info
+
+
+def test_binned_camera_info_is_passed_on_and_its_focal_is_the_binned_one() -> None:
+    from atdt_ros.node import image_geometry, scale_camera_info
+
+    info = _info(binning=(2, 2))                      # a 640x480 image of a 1280x960 camera
+    out = scale_camera_info(info, 480, 640)
+    assert (out.binning_x, out.binning_y, out.width, out.height) == (2, 2, 1280, 960)
+    assert list(out.k) == list(info.k) and list(out.p) == list(info.p)  # consumers bin it themselves
+    g = image_geometry(info, 480, 640)
+    assert g.focal_x == 495.0                          # P's fx / 2, not K's and not halved twice
+    assert g.p.ravel().tolist() == [495.0, 0.0, 315.0, -49.5, 0.0, 497.5, 235.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+
+def test_roi_camera_info_keeps_the_focal_and_moves_the_principal_point() -> None:
+    from atdt_ros.node import image_geometry, scale_camera_info
+
+    info = _info(roi=(320, 240, 640, 480))            # the centre 640x480 of the 1280x960 camera
+    out = scale_camera_info(info, 480, 640)
+    assert (out.roi.x_offset, out.roi.width, out.width) == (320, 640, 1280)  # passed on as it is
+    g = image_geometry(info, 480, 640)
+    assert g.focal_x == 990.0                          # an ROI crops, it does not scale
+    assert g.k.ravel().tolist() == [1000.0, 0.0, 320.0, 0.0, 1010.0, 240.0, 0.0, 0.0, 1.0]
+    assert g.p.ravel().tolist() == [990.0, 0.0, 310.0, -99.0, 0.0, 995.0, 230.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+
+def test_roi_and_binning_on_an_image_of_another_size_give_a_plain_camera_info() -> None:
+    from atdt_ros.node import image_geometry, scale_camera_info
+
+    # ROI 640x480 at (320, 240), binned 2x2 -> described 320x240; the image received is 160x120
+    info = _info(binning=(2, 2), roi=(320, 240, 640, 480))
+    out = scale_camera_info(info, 120, 160)
+    assert (out.binning_x, out.binning_y, out.roi.width, out.width, out.height) == (0, 0, 0, 160, 120)
+    # fx = 1000 / 2 * 0.5; cx = (640 - 320) / 2 * 0.5; fy = 1010 / 2 * 0.5; cy = (480 - 240) / 2 * 0.5
+    assert list(out.k) == [250.0, 0.0, 80.0, 0.0, 252.5, 60.0, 0.0, 0.0, 1.0]
+    assert list(out.p) == [247.5, 0.0, 77.5, -24.75, 0.0, 248.75, 57.5, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert image_geometry(info, 120, 160).focal_x == 247.5
