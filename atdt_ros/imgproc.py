@@ -56,6 +56,29 @@ def image_to_array(encoding: str, height: int, width: int, step: int,
     return rows.reshape(height, width, channels)
 
 
+COMPRESSED_FORMATS: tuple[str, ...] = ("jpeg", "jpg", "png")
+"""sensor_msgs/CompressedImage formats the node decodes (image_transport's ``compressed``)."""
+
+
+def decode_compressed(fmt: str, data: bytes | bytearray | memoryview | Sequence[int]) -> np.ndarray:
+    """A CompressedImage's pixels as (H, W, 3) uint8 BGR (OpenCV's decoder); InputError when
+    the format is not JPEG/PNG or the data does not decode. ``fmt`` follows image_transport:
+    ``jpeg``, ``png`` or e.g. ``rgb8; jpeg compressed bgr8``."""
+    kind = fmt.lower()
+    if not any(k in kind for k in COMPRESSED_FORMATS):
+        raise InputError(f"unsupported compressed format '{printable(fmt, 40)}' "
+                         f"(accepted: jpeg, png)")
+    buf = data if isinstance(data, (bytes, bytearray, memoryview)) else memoryview(data)
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    if raw.size == 0:
+        raise InputError("empty compressed image")
+    pixels = cv2.imdecode(raw, cv2.IMREAD_COLOR)
+    if pixels is None or pixels.size == 0:
+        raise InputError(f"compressed image ({raw.size} bytes, format '{printable(fmt, 40)}') "
+                         f"does not decode: corrupt or truncated")
+    return pixels
+
+
 def array_to_image_fields(array: np.ndarray, encoding: str) -> tuple[int, int, int, bytes]:
     """(height, width, step, data) of an Image holding ``array`` in ``encoding``, unpadded."""
     expected = {"32FC1": (np.float32, 1), "mono8": (np.uint8, 1), "rgb8": (np.uint8, 3),

@@ -33,7 +33,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from atdt_ros.artifact import ArtifactError, load_metadata
 from atdt_ros.backends import (
@@ -45,10 +45,12 @@ from atdt_ros.backends import (
 )
 from atdt_ros.camera import image_matrices
 from atdt_ros.imgproc import (
+    COMPRESSED_FORMATS,
     InputError,
     Postprocessor,
     Preprocessor,
     array_to_image_fields,
+    decode_compressed,
     image_to_array,
 )
 from atdt_ros.interface import (  # the interface, defined once
@@ -78,6 +80,7 @@ PARAMETERS: dict[str, Any] = {
     "publish_semantic": True,      # ~/semantic
     "publish_semantic_color": True,  # ~/semantic_color
     "process_all": False,          # queue every frame instead of keeping only the newest
+    "image_transport": "raw",      # raw: sensor_msgs/Image on image; compressed: <image>/compressed
     "input_qos": "sensor_data",    # sensor_data | reliable | best_effort
     "input_depth": 5,              # history depth of the image subscription
     "output_qos": "reliable",      # reliable | best_effort
@@ -284,6 +287,9 @@ class PerceptionNode(Node):
         for name in ("input_depth", "output_depth"):
             if not 1 <= values[name] <= 10000:
                 raise StartupError(f"parameter {name}: {values[name]} is outside 1..10000")
+        if values["image_transport"] not in ("raw", "compressed"):
+            raise StartupError(f"parameter image_transport: '{printable(values['image_transport'])}'"
+                               f" is not one of raw, compressed")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", values["device"]):
             raise StartupError(f"parameter device: '{printable(values['device'])}' is not one of "
                                f"cpu, cuda, cuda:N")
@@ -371,8 +377,12 @@ class PerceptionNode(Node):
         """Subscribe to the camera only while some output has a subscriber."""
         active = any(self._wanted())
         if active and self.sub_image is None:
-            self.sub_image = self.create_subscription(Image, IMAGE, self._on_image,
-                                                      self.input_qos)
+            if self.p["image_transport"] == "compressed":  # image_transport's convention
+                self.sub_image = self.create_subscription(
+                    CompressedImage, f"{IMAGE}/compressed", self._on_image, self.input_qos)
+            else:
+                self.sub_image = self.create_subscription(Image, IMAGE, self._on_image,
+                                                          self.input_qos)
             self.get_logger().info(f"subscribed to {self.sub_image.topic_name}")
         elif not active and self.sub_image is not None:
             self.destroy_subscription(self.sub_image)
@@ -387,7 +397,14 @@ class PerceptionNode(Node):
             self.counters.received += 1
             self.counters.window_received += 1
         try:
-            image_to_array(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+            if isinstance(msg, CompressedImage):  # decoded by the worker; format checked here
+                if not msg.data:
+                    raise InputError("empty compressed image")
+                if not any(k in msg.format.lower() for k in COMPRESSED_FORMATS):
+                    raise InputError(f"unsupported compressed format "
+                                     f"'{printable(msg.format, 40)}' (accepted: jpeg, png)")
+            else:
+                image_to_array(msg.encoding, msg.height, msg.width, msg.step, msg.data)
         except InputError as exc:
             self._reject(msg, str(exc))
             return
@@ -425,12 +442,16 @@ class PerceptionNode(Node):
         want_depth, want_semantic, want_color = self._wanted()
         if not (want_depth or want_semantic or want_color):
             return
-        pixels = image_to_array(msg.encoding, msg.height, msg.width, msg.step, msg.data)
-        batch = self.pre(pixels, msg.encoding)
+        if isinstance(msg, CompressedImage):
+            pixels, encoding = decode_compressed(msg.format, msg.data), "bgr8"
+        else:
+            pixels = image_to_array(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+            encoding = msg.encoding
+        batch = self.pre(pixels, encoding)
         started = time.monotonic()
         out = self.backend.infer(batch)
         inference = time.monotonic() - started
-        height, width = msg.height, msg.width
+        height, width = pixels.shape[:2]
         # every output message is built before the first is published: once a subscriber starts
         # receiving, its threads compete with this one for the CPU
         ready = []

@@ -542,3 +542,47 @@ def test_roi_and_binning_on_an_image_of_another_size_give_a_plain_camera_info() 
     assert list(out.k) == [250.0, 0.0, 80.0, 0.0, 252.5, 60.0, 0.0, 0.0, 1.0]
     assert list(out.p) == [247.5, 0.0, 77.5, -24.75, 0.0, 248.75, 57.5, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert image_geometry(info, 120, 160).focal_x == 247.5
+
+
+def test_compressed_input_is_decoded_and_a_corrupt_jpeg_is_counted(tmp_path, chain) -> None:
+    import cv2
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CompressedImage
+
+    proc = _start(_params_file(tmp_path, chain, image_transport="compressed", input_qos="reliable",
+                               input_depth=10, process_all=True, diagnostics_period=0.3,
+                               error_throttle=0.0))
+    client = None
+    try:
+        client = Client()
+        pub = client.node.create_publisher(CompressedImage, f"{NS}/image/compressed",
+                                           QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while pub.get_subscription_count() == 0:
+            assert proc.poll() is None and time.monotonic() < deadline, "never subscribed"
+            time.sleep(0.05)
+        assert client.pub_image.get_subscription_count() == 0  # not the raw topic
+        rgb = _frame(5)
+
+        def compressed(data: bytes, fmt: str, sec: int) -> CompressedImage:
+            msg = CompressedImage()
+            msg.header.stamp.sec, msg.header.frame_id, msg.format, msg.data = sec, "cam", fmt, data
+            return msg
+        png = cv2.imencode(".png", rgb[:, :, ::-1])[1].tobytes()        # lossless: exact pixels
+        jpeg = cv2.imencode(".jpg", rgb[:, :, ::-1])[1].tobytes()
+        pub.publish(compressed(jpeg[: len(jpeg) // 4], "jpeg", 70))        # truncated
+        pub.publish(compressed(b"not an image", "png", 71))                # garbage
+        pub.publish(compressed(png, "rgb8; png compressed bgr8", 72))
+        assert client.wait(lambda: any(m.header.stamp.sec == 72 for m in client.got["semantic"]))
+        sem = next(m for m in client.got["semantic"] if m.header.stamp.sec == 72)
+        assert (sem.height, sem.width, sem.header.frame_id) == (64, 128, "cam")
+        _, exp_labels = _expected(chain, rgb)
+        assert (_image_array(sem) == exp_labels).mean() >= 0.999
+        assert client.wait(lambda: client.got["diag"] and int(client.diagnostics()["rejected"]) >= 2)
+        time.sleep(0.7)
+        diag = client.diagnostics()
+        assert int(diag["rejected"]) == 2 and int(diag["processed"]) == 1, diag
+        assert "does not decode: corrupt or truncated" in diag["last_rejection"]
+        assert not any(m.header.stamp.sec in (70, 71) for m in client.got["semantic"])
+    finally:
+        print(_stop(proc, client))
