@@ -136,6 +136,21 @@ def depth_to_32fc1(depth: np.ndarray) -> np.ndarray:
     return out
 
 
+def offered_qos() -> tuple[list, list]:
+    """(camera, ground truth) QoS profiles recorded as offered in metadata.yaml: what a camera
+    driver offers (sensor data: best effort, volatile, keep last 5) for the image and
+    camera_info, reliable keep-last-10 for the ground truth. ``ros2 bag play`` replays each topic
+    with them; with none recorded it falls back to reliable / depth 10 for everything."""
+    from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness, QosReliability,
+                                    QosTime)
+
+    def qos(reliability: QosReliability, depth: int) -> Qos:
+        default = QosTime(0, 0)  # RMW_DURATION_UNSPECIFIED: rmw_qos_profile_default's deadline etc.
+        return Qos(QosHistory.KEEP_LAST, depth, reliability, QosDurability.VOLATILE, default,
+                   default, QosLiveliness.AUTOMATIC, default, False)
+    return [qos(QosReliability.BEST_EFFORT, 5)], [qos(QosReliability.RELIABLE, 10)]
+
+
 def write_bag(frames: Iterable[BagFrame], out: str | os.PathLike, *, storage: str = "mcap",
               rate_hz: float = 10.0, frame_id: str = "camera", start_ns: int = DEFAULT_START_NS,
               progress: bool = False, total: int | None = None) -> BagSummary:
@@ -159,12 +174,16 @@ def write_bag(frames: Iterable[BagFrame], out: str | os.PathLike, *, storage: st
     try:
         with Writer(tmp_bag, version=BAG_VERSION, storage_plugin=plugin) as writer:
             ser = typestore.serialize_cdr
+            camera, truth = offered_qos()
             conns = {
-                IMAGE_TOPIC: writer.add_connection(IMAGE_TOPIC, make.Image.__msgtype__, typestore=typestore),
+                IMAGE_TOPIC: writer.add_connection(IMAGE_TOPIC, make.Image.__msgtype__, typestore=typestore,
+                                                   offered_qos_profiles=camera),
                 CAMERA_INFO_TOPIC: writer.add_connection(CAMERA_INFO_TOPIC, make.CameraInfo.__msgtype__,
-                                                         typestore=typestore),
-                DEPTH_TOPIC: writer.add_connection(DEPTH_TOPIC, make.Image.__msgtype__, typestore=typestore),
-                SEMANTIC_TOPIC: writer.add_connection(SEMANTIC_TOPIC, make.Image.__msgtype__, typestore=typestore),
+                                                         typestore=typestore, offered_qos_profiles=camera),
+                DEPTH_TOPIC: writer.add_connection(DEPTH_TOPIC, make.Image.__msgtype__, typestore=typestore,
+                                                   offered_qos_profiles=truth),
+                SEMANTIC_TOPIC: writer.add_connection(SEMANTIC_TOPIC, make.Image.__msgtype__, typestore=typestore,
+                                                      offered_qos_profiles=truth),
             }
             iterator: Iterable[BagFrame] = frames
             if progress:

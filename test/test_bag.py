@@ -81,6 +81,17 @@ def test_round_trip_identical_pixels_and_stamps(tmp_path: Path, storage: str) ->
     files = meta["relative_file_paths"]
     assert len(files) == 1 and (bag / files[0]).is_file()
     assert files[0].endswith(".mcap" if storage == "mcap" else ".db3")
+    # the offered QoS is recorded, so `ros2 bag play` replays the camera as a driver offers it
+    offered = {t["topic_metadata"]["name"]: t["topic_metadata"]["offered_qos_profiles"]
+               for t in meta["topics_with_message_count"]}
+    for topic in (IMAGE_TOPIC, CAMERA_INFO_TOPIC, DEPTH_TOPIC, SEMANTIC_TOPIC):
+        profiles = offered[topic]
+        profiles = yaml.safe_load(profiles) if isinstance(profiles, str) else profiles
+        assert len(profiles) == 1, (topic, profiles)
+        camera = topic in (IMAGE_TOPIC, CAMERA_INFO_TOPIC)
+        assert profiles[0]["reliability"] == ("best_effort" if camera else "reliable")
+        assert (profiles[0]["history"], profiles[0]["depth"]) == ("keep_last", 5 if camera else 10)
+        assert profiles[0]["durability"] == "volatile"
 
     topics = read_bag(bag)
     assert set(topics) == {IMAGE_TOPIC, CAMERA_INFO_TOPIC, DEPTH_TOPIC, SEMANTIC_TOPIC}
