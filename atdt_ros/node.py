@@ -25,7 +25,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import ExternalShutdownException
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
@@ -33,6 +33,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
+from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from atdt_ros.artifact import ArtifactError, load_metadata
@@ -76,6 +77,7 @@ PARAMETERS: dict[str, Any] = {
     "compile": False,              # torch backend: torch.compile at start-up (CPU: fastest)
     "trust_model_code": False,     # allow backends torch/tensorrt, which unpickle chain.pt2
     "build_only": False,           # build/refresh the TensorRT engine cache, then exit
+    "autostart": True,             # walk the lifecycle to active at start (false: a manager does)
     "publish_depth": True,         # ~/depth and ~/camera_info
     "publish_semantic": True,      # ~/semantic
     "publish_semantic_color": True,  # ~/semantic_color
@@ -193,21 +195,50 @@ def scale_camera_info(info: CameraInfo, height: int, width: int) -> CameraInfo:
     return out
 
 
-class PerceptionNode(Node):
-    """Depth (32FC1 metres) and semantics (mono8 + rgb8) from one camera, via the Eq. 4 chain."""
+class PerceptionNode(LifecycleNode):
+    """Depth (32FC1 metres) and semantics (mono8 + rgb8) from one camera, via the Eq. 4 chain.
+
+    A ROS 2 lifecycle node: ``configure`` loads and verifies the model and opens (builds,
+    compiles) the backend; ``activate`` creates the publishers, the camera subscriptions, the
+    timers and the inference thread; ``deactivate`` and ``cleanup`` release them again, in
+    that order; ``shutdown`` releases whatever is held. With ``autostart`` (the default) the node
+    walks itself to active, so a plain start behaves like a plain node.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self.p = self._read_parameters()
-        self.metadata = self._load_model()
-        self.backend = self._open_backend()
         self.build_only = bool(self.p["build_only"])
-        if self.build_only:
-            return
+        self.metadata = self.backend = None
+        self.startup_error: StartupError | None = None
+        self._running = False
+        self._active: list[Any] = []  # publishers, subscriptions and timers made by activate
+        self.sub_image = None
+        self.finished = Future()  # done once the node reaches Finalized
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        try:
+            self.metadata = self._load_model()
+            self.backend = self._open_backend()
+        except StartupError as exc:
+            self.startup_error = exc
+            self.get_logger().error(f"configure failed: {exc}")
+            self.metadata = self.backend = None
+            return TransitionCallbackReturn.FAILURE
+        self.startup_error = None
         inp = self.metadata.input
         self.pre = Preprocessor(inp.height, inp.width, inp.mean, inp.std)
         self.post = Postprocessor(self.metadata.depth, self.metadata.classes.ids,
                                   self.metadata.classes.unlabeled_id, inp.width)
+        self.get_logger().info(
+            f"configured: model {self.p['model_path']} ({self.metadata.direction}, input "
+            f"{inp.width}x{inp.height}), backend {self.backend.name} "
+            f"({self.backend.precision}{self._compiled_note()}) on {self.backend.device}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        inp = self.metadata.input
         self.counters = Counters()
         self.latencies: collections.deque = collections.deque(maxlen=200)
         self.inference_times: collections.deque = collections.deque(maxlen=200)
@@ -228,8 +259,11 @@ class PerceptionNode(Node):
         self.sub_image = None
         self.sub_info = self.create_subscription(CameraInfo, CAMERA_INFO, self._on_camera_info,
                                                  self.input_qos)
-        self.create_timer(0.2, self._update_subscription)
-        self.create_timer(float(self.p["diagnostics_period"]), self._publish_diagnostics)
+        self._active = [self.pub_depth, self.pub_info, self.pub_semantic, self.pub_color,
+                        self.pub_diag, self.pub_class_map, self.sub_info,
+                        self.create_timer(0.2, self._update_subscription),
+                        self.create_timer(float(self.p["diagnostics_period"]),
+                                          self._publish_diagnostics)]
         self._running = True
         self._worker = threading.Thread(target=self._work, name="atdt_inference", daemon=True)
         self._worker.start()
@@ -240,6 +274,43 @@ class PerceptionNode(Node):
             f"({self.backend.precision}{self._compiled_note()}) "
             f"on {self.backend.device}; "
             f"{'processing every frame' if self.p['process_all'] else 'newest frame only'}")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._release_active()
+        self.get_logger().info("deactivated: camera unsubscribed, outputs withdrawn")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self.metadata = self.backend = None
+        self.get_logger().info("cleaned up: model released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._release_active()
+        self.metadata = self.backend = None
+        if not self.finished.done():
+            self.finished.set_result(True)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: State) -> TransitionCallbackReturn:
+        self._release_active()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release_active(self) -> None:
+        """Stop the inference thread and destroy what activate made."""
+        self.shutdown()
+        if self.sub_image is not None:
+            self.destroy_subscription(self.sub_image)
+            self.sub_image = None
+        for entity in self._active:
+            if hasattr(entity, "cancel"):
+                self.destroy_timer(entity)
+            elif hasattr(entity, "publish"):
+                self.destroy_publisher(entity)
+            else:
+                self.destroy_subscription(entity)
+        self._active = []
 
     # ---- start-up -------------------------------------------------------------------------
     def _compiled_note(self) -> str:
@@ -539,7 +610,7 @@ class PerceptionNode(Node):
 
     def shutdown(self) -> None:
         """Stop the inference thread."""
-        if getattr(self, "_running", False):
+        if self._running:
             self._running = False
             self.mailbox.close()
             self._worker.join(timeout=5.0)
@@ -552,10 +623,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             node = PerceptionNode()
+            if node.p["autostart"] or node.build_only:  # walk itself to active (or configured)
+                node.trigger_configure()
+                if node.startup_error is not None:
+                    raise node.startup_error
+                if node.backend is None:
+                    raise StartupError("configure failed (the log above says why)")
+                if not node.build_only:
+                    node.trigger_activate()
         except StartupError as exc:
             rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
             print(f"{NODE_NAME}: cannot start: {exc}", file=sys.stderr, flush=True)
             return 2
+        if not node.p["autostart"] and not node.build_only:
+            node.get_logger().info("autostart false: unconfigured, waiting for a lifecycle manager")
         if node.build_only:
             where = getattr(node.backend, "engine_path", None)
             node.get_logger().info(
@@ -563,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
                 + (f", engine {where}" if where else " (nothing to build for this backend)"))
             return 0
         try:
-            rclpy.spin(node)
+            rclpy.spin_until_future_complete(node, node.finished)  # until Finalized or a signal
         except Exception:
             if node.context.ok():
                 raise

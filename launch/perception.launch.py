@@ -2,7 +2,8 @@
 
 Arguments: ``model`` (artifact directory written by ``atdt_train export``), ``params_file``
 (defaults to the installed config/perception.yaml), ``image`` and ``camera_info`` (camera topics
-remapped onto the node's ``image`` / ``camera_info`` inputs) and ``namespace``.
+remapped onto the node's ``image`` / ``camera_info`` inputs), ``namespace`` and ``autostart``
+(``false`` leaves the lifecycle node unconfigured for a lifecycle manager).
 """
 
 from ament_index_python.packages import get_package_share_directory
@@ -10,6 +11,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 
 import os
 
@@ -28,6 +30,9 @@ def generate_launch_description() -> LaunchDescription:
                               description="camera_info topic matching the image"),
         DeclareLaunchArgument("namespace", default_value="",
                               description="namespace of the node and its outputs"),
+        DeclareLaunchArgument("autostart", default_value="true",
+                              description="walk the lifecycle node to active by itself (false: "
+                                          "a lifecycle manager configures and activates it)"),
     ]
     node = Node(
         package="atdt_ros",
@@ -35,7 +40,8 @@ def generate_launch_description() -> LaunchDescription:
         name="atdt_perception",
         namespace=LaunchConfiguration("namespace"),
         parameters=[LaunchConfiguration("params_file"),
-                    {"model_path": LaunchConfiguration("model")}],
+                    {"model_path": LaunchConfiguration("model"),
+                     "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool)}],
         remappings=[("image", LaunchConfiguration("image")),
                     ("camera_info", LaunchConfiguration("camera_info"))],
         output="screen",

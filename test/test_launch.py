@@ -44,7 +44,7 @@ def test_launch_file_structure() -> None:
     assert ("launch", "LaunchDescription") in imports
 
     declared = {_const(c.args[0]) for c in _calls(tree, "DeclareLaunchArgument")}
-    assert declared == {"model", "params_file", "image", "camera_info", "namespace"}
+    assert declared == {"model", "params_file", "image", "camera_info", "namespace", "autostart"}
 
     (node,) = _calls(tree, "Node")
     kw = {k.arg: k.value for k in node.keywords}
@@ -56,7 +56,7 @@ def test_launch_file_structure() -> None:
     assert remaps == {"image": "image", "camera_info": "camera_info"}
     params = kw["parameters"].elts
     assert params[0].args[0].value == "params_file"
-    assert [_const(k) for k in params[1].keys] == ["model_path"]
+    assert [_const(k) for k in params[1].keys] == ["model_path", "autostart"]
 
 
 def test_launch_targets_exist_in_the_package() -> None:
