@@ -147,11 +147,16 @@ class TorchBackend:
         _set_threads(threads)
         self.device, self.precision, self.compiled = device, precision, bool(compile)
         self._device = _torch_device(device)
+        export_log = logging.getLogger("torch.export")
+        level = export_log.level
+        export_log.setLevel(logging.ERROR)  # its own traceback of a failed load: ours names the file
         try:
             program = torch.export.load(str(path))
         except Exception as exc:  # corrupt or written by an incompatible torch
             raise ArtifactError(f"{path} cannot be loaded by torch {torch.__version__}: "
                                 f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            export_log.setLevel(level)
         self._module = program.module().to(self._device)
         self._bf16 = precision == "bf16"
         if self._bf16 and self._device.type == "cpu" and not native_bf16():

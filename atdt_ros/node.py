@@ -223,7 +223,8 @@ class PerceptionNode(LifecycleNode):
             self.backend = self._open_backend()
         except StartupError as exc:
             self.startup_error = exc
-            self.get_logger().error(f"configure failed: {exc}")
+            if not self.p["autostart"]:  # with autostart, main reports it once and exits 2
+                self.get_logger().error(f"configure failed: {exc}")
             self.metadata = self.backend = None
             return TransitionCallbackReturn.FAILURE
         self.startup_error = None
@@ -618,7 +619,12 @@ class PerceptionNode(LifecycleNode):
 
 def main(argv: list[str] | None = None) -> int:
     """Console script ``atdt_perception``: run the node until shut down; non-zero on start-up errors."""
-    rclpy.init(args=argv if argv is not None else sys.argv)
+    try:
+        rclpy.init(args=argv if argv is not None else sys.argv)
+    except Exception as exc:  # rcl refuses the arguments: a broken params file, a bad remap
+        why = str(exc).split(", at /")[0]  # rcl appends its own source locations
+        print(f"{NODE_NAME}: cannot start: {printable(why, 400)}", file=sys.stderr, flush=True)
+        return 2
     node = None
     try:
         try:

@@ -543,3 +543,30 @@ def test_roi_and_binning_on_an_image_of_another_size_give_a_plain_camera_info() 
     assert list(out.p) == [247.5, 0.0, 77.5, -24.75, 0.0, 248.75, 57.5, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert image_geometry(info, 120, 160).focal_x == 247.5
 
+
+
+def test_a_broken_params_file_stops_with_one_line(tmp_path) -> None:
+    params = tmp_path / "broken.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    model_path: [unclosed\n")
+    code, out = _run_to_exit(params)
+    assert code == 2 and "Traceback" not in out, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    ours = [line for line in lines if "cannot start" in line]
+    assert len(ours) == 1 and "Couldn't parse params file" in ours[0] and str(params) in ours[0]
+    assert len(lines) <= 2, out  # at most rcl's own "[ERROR] [rcl]: Failed to parse" beside ours
+
+
+def test_a_corrupt_pt2_stops_the_node_without_library_tracebacks(tmp_path, chain) -> None:
+    import shutil
+
+    from atdt_ros.artifact import sha256_file
+
+    model = Path(shutil.copytree(chain, tmp_path / "model"))
+    (model / "chain.pt2").write_bytes((model / "chain.pt2").read_bytes()[:5000])  # truncated
+    raw = json.loads((model / "metadata.json").read_text())
+    raw["files"]["chain.pt2"] = sha256_file(model / "chain.pt2")  # as if exported that way
+    (model / "metadata.json").write_text(json.dumps(raw))
+    code, out = _run_to_exit(_params_file(tmp_path, model, backend="torch", trust_model_code=True))
+    assert code == 2, out
+    assert f"{model / 'chain.pt2'} cannot be loaded by torch" in out
+    assert "Traceback" not in out, out
