@@ -11,6 +11,7 @@ import numpy as np
 
 from atdt_ros.classmap import TABLE_NAMES, colorize
 from atdt_ros.files import atomic_path, atomic_write
+from atdt_ros.present import depth_colormap
 from atdt_ros.metrics import DEPTH_METRICS
 
 METHOD_LABELS: dict[str, str] = {
@@ -148,17 +149,6 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
 
     atomic_write(Path(path), render_report(results))
     return Path(path)
-
-
-def depth_colormap(depth: np.ndarray, depth_range: tuple[float, float]) -> np.ndarray:
-    """Depth in metres -> RGB uint8 (log depth, magma: near bright, far dark; invalid black)."""
-    import matplotlib
-
-    lo, hi = depth_range
-    norm = 1.0 - np.log(np.clip(depth, lo, hi) / lo) / np.log(hi / lo)
-    rgb = (matplotlib.colormaps["magma"](norm)[..., :3] * 255).astype(np.uint8)
-    rgb[~(depth > 0)] = 0
-    return rgb
 
 
 def save_figure(samples: list[dict[str, np.ndarray]], task: str, path: Path,

@@ -11,6 +11,7 @@ import numpy as np
 
 from atdt_ros import classmap
 from atdt_ros.files import atomic_path, atomic_write
+from atdt_ros.present import depth_colormap
 from atdt_ros.metrics import DEPTH_METRICS, LOWER_IS_BETTER
 from atdt_ros.replay.records import FrameRecord
 
@@ -125,20 +126,6 @@ def latency_figure(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def colorize_depth(depth: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
-    """Depth in metres -> RGB uint8 (near bright, far dark, inverse-depth scale); invalid black."""
-    import matplotlib
-
-    cmap = matplotlib.colormaps["magma"]
-    valid = np.isfinite(depth) & (depth > 0)
-    inv = np.zeros_like(depth, dtype=np.float64)
-    inv[valid] = 1.0 / np.clip(depth[valid], vmin, vmax)
-    scaled = (inv - 1.0 / vmax) / (1.0 / vmin - 1.0 / vmax)
-    rgb = (cmap(np.clip(scaled, 0, 1))[..., :3] * 255).astype(np.uint8)
-    rgb[~valid] = 0
-    return rgb
-
-
 def qualitative_figure(records: list[FrameRecord], path: Path, min_depth: float, max_depth: float) -> bool:
     """qualitative.png (Fig. 3 style): RGB | semantic output | GT semantic | depth output | GT depth."""
     import matplotlib
@@ -163,8 +150,8 @@ def qualitative_figure(records: list[FrameRecord], path: Path, min_depth: float,
             r.rgb,
             classmap.colorize(r.semantic) if r.semantic is not None else blank,
             classmap.colorize(r.gt_semantic) if r.gt_semantic is not None else blank,
-            colorize_depth(r.depth, near, far) if r.depth is not None else blank,
-            colorize_depth(r.gt_depth, near, far) if r.gt_depth is not None else blank,
+            depth_colormap(r.depth, (near, far)) if r.depth is not None else blank,
+            depth_colormap(r.gt_depth, (near, far)) if r.gt_depth is not None else blank,
         )
         for j, panel in enumerate(panels):
             ax = axes[i][j]
