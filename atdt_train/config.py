@@ -97,6 +97,20 @@ class DepthOptions:
 
 
 @dataclass
+class Transfer:
+    """How G is trained (stage 3). The defaults are the paper's: Eq. 3 alone.
+
+    ``task_loss`` > 0 adds, with that weight, task 2's own loss of D2(G(E1(x))) on A's labels,
+    back-propagated through the frozen D2 into G (docs/training.md, "Beyond the paper"); Eq. 3
+    stays. ``class_weights: inverse_sqrt`` weights that loss's cross-entropy by 1/sqrt of each
+    class's pixel frequency on A (semantic task 2 only), so thin classes are not averaged away.
+    """
+
+    task_loss: float = 0.0
+    class_weights: Literal["none", "inverse_sqrt"] = "none"
+
+
+@dataclass
 class Trainer:
     """Lightning settings: the same experiment runs on CPU, one GPU or DDP."""
 
@@ -137,6 +151,7 @@ class Experiment:
     data: Data = field(default_factory=Data)
     steps: Steps = field(default_factory=Steps)
     optimizer: Optimizer = field(default_factory=Optimizer)
+    transfer: Transfer = field(default_factory=Transfer)
     depth: DepthOptions = field(default_factory=DepthOptions)
     trainer: Trainer = field(default_factory=Trainer)
     evaluation: Evaluation = field(default_factory=Evaluation)
@@ -262,6 +277,10 @@ def _validate(exp: Experiment) -> None:
     for name in ("n1", "n2", "g", "oracle"):
         positive(f"steps.{name}", getattr(exp.steps, name), allow_zero=True)
     positive("optimizer.lr", exp.optimizer.lr)
+    positive("transfer.task_loss", exp.transfer.task_loss, allow_zero=True)
+    if exp.transfer.class_weights != "none" and exp.task2 != "semantic":
+        raise ConfigError(f"transfer.class_weights: {exp.transfer.class_weights!r} weights classes of "
+                          f"semantic segmentation, but task 2 of {exp.direction} is {exp.task2}; accepted: 'none'")
     positive("optimizer.weight_decay", exp.optimizer.weight_decay, allow_zero=True)
     positive("trainer.checkpoint_every", exp.trainer.checkpoint_every)
     positive("trainer.log_every", exp.trainer.log_every)

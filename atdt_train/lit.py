@@ -18,7 +18,7 @@ from atdt_ros.classmap import UNLABELED
 from atdt_ros.files import atomic_path
 
 from .config import Experiment
-from .models import DECODER_WIDTHS, Encoder, TaskNet, TransferNet
+from .models import DECODER_WIDTHS, Encoder, TaskNet, TransferNet, transfer_features
 
 
 class NonFiniteLossError(RuntimeError):
@@ -72,11 +72,28 @@ class LocalDDPStrategy(DDPStrategy):
         super().setup_distributed()  # finds the group initialised and keeps it
 
 
-def semantic_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over labelled pixels (255 ignored); zero (with a graph) when none is labelled."""
+def semantic_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy over labelled pixels (255 ignored), optionally class-weighted (the weighted
+    mean over pixels); zero (with a graph) when none is labelled."""
     if not bool((target != UNLABELED).any()):
         return logits.float().sum() * 0.0
-    return F.cross_entropy(logits.float(), target, ignore_index=UNLABELED)
+    return F.cross_entropy(logits.float(), target, weight=weight, ignore_index=UNLABELED)
+
+
+def inverse_sqrt_weights(counts: torch.Tensor) -> torch.Tensor:
+    """Class weights 1/sqrt(frequency) from pixel counts per class, scaled so that the average
+    weight of a labelled pixel is 1 (the loss keeps its scale). Absent classes get the largest
+    weight of the present ones."""
+    counts = counts.double()
+    freq = counts / counts.sum().clamp(min=1.0)
+    present = freq > 0
+    if not bool(present.any()):
+        return torch.ones_like(counts, dtype=torch.float32)
+    w = torch.zeros_like(freq)
+    w[present] = freq[present].rsqrt()
+    w[~present] = w[present].max()
+    w = w / (freq * w).sum()
+    return w.float()
 
 
 def depth_target(depth: torch.Tensor, focal: torch.Tensor, focal_ref: float | None) -> torch.Tensor:
@@ -102,10 +119,11 @@ def depth_loss(pred: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, foc
     return ((pred - target).abs() * weight).sum() / weight.sum().clamp(min=1.0)
 
 
-def task_loss(task: str, output: torch.Tensor, batch: dict[str, torch.Tensor], focal_ref: float | None) -> torch.Tensor:
+def task_loss(task: str, output: torch.Tensor, batch: dict[str, torch.Tensor], focal_ref: float | None,
+              class_weight: torch.Tensor | None = None) -> torch.Tensor:
     """The loss of a task network's output on a batch of FrameDataset samples."""
     if task == "semantic":
-        return semantic_loss(output, batch["semantic"])
+        return semantic_loss(output, batch["semantic"], class_weight)
     return depth_loss(output, batch["depth"], batch["depth_valid"], batch["focal"], focal_ref)
 
 
@@ -183,14 +201,27 @@ class TaskModule(_StageModule):
 class TransferModule(_StageModule):
     """Trains G on domain A by Eq. 3, ‖G(E1(x)) − E2(x)‖² (mean squared error of the features).
 
-    E1 and E2 are frozen: no gradients, kept in eval mode (their batch-norm statistics never move).
+    E1 and E2 (and D2, when given) are frozen: no gradients to their weights, kept in eval mode
+    (their batch-norm statistics never move). With ``transfer.task_loss`` = λ > 0 the loss is
+    Eq. 3 + λ · L2(D2(G(E1(x))), y2): task 2's loss on A's labels, back-propagated through the
+    frozen D2 into G (``class_weight``: the cross-entropy's class weights, semantic only).
     """
 
-    def __init__(self, exp: Experiment, e1: Encoder, e2: Encoder, max_steps: int) -> None:
+    def __init__(self, exp: Experiment, e1: Encoder, e2: Encoder, max_steps: int,
+                 d2: nn.Module | None = None, focal_ref: float | None = None,
+                 class_weight: torch.Tensor | None = None) -> None:
         super().__init__(exp, max_steps)
+        self.task_weight = float(exp.transfer.task_loss)
+        if self.task_weight > 0 and d2 is None:
+            raise ValueError("transfer.task_loss > 0 needs D2 (the decoder of N2)")
         self.e1, self.e2 = e1, e2
-        for p in list(e1.parameters()) + list(e2.parameters()):
+        self.d2 = d2 if self.task_weight > 0 else None
+        frozen = [e1, e2] + ([self.d2] if self.d2 is not None else [])
+        for p in (p for m in frozen for p in m.parameters()):
             p.requires_grad_(False)
+        self.task2 = exp.task2
+        self.focal_ref = focal_ref if exp.task2 == "depth" else None
+        self.register_buffer("class_weight", class_weight, persistent=False)
         self.g = TransferNet(e1.out_channels, exp.model.norm, exp.model.transfer_hidden, e2.out_channels)
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
@@ -200,6 +231,8 @@ class TransferModule(_StageModule):
         super().train(mode)
         self.e1.eval()
         self.e2.eval()
+        if self.d2 is not None:
+            self.d2.eval()
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,7 +242,15 @@ class TransferModule(_StageModule):
         x = self._input(batch)
         with torch.no_grad():
             f1, f2 = self.e1(x), self.e2(x)
-        loss = F.mse_loss(self.g(f1).float(), f2.float())  # Eq. 3
+        mapped = self.g(f1)
+        feature_loss = F.mse_loss(mapped.float(), f2.float())  # Eq. 3
+        loss = feature_loss
+        if self.d2 is not None:
+            output = transfer_features(lambda f: f, self.d2, mapped, (x.shape[-2], x.shape[-1]))
+            through_d2 = task_loss(self.task2, output, batch, self.focal_ref, self.class_weight)
+            loss = feature_loss + self.task_weight * through_d2
+            self.log("eq3", feature_loss)
+            self.log("task", through_d2)
         self._check_finite(loss)
         self.last_loss = float(loss.detach())
         self.log("loss", loss, prog_bar=True)

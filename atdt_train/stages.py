@@ -26,6 +26,7 @@ from atdt_ros.files import atomic_path, atomic_write
 from .config import ConfigError, Experiment, load_experiment
 
 if TYPE_CHECKING:
+    import torch
 
     from .models import TaskNet, TransferNet
 
@@ -123,6 +124,24 @@ def train_loader(exp: Experiment, domains: tuple[str, ...]):
     return DataLoader(dataset, batch_size=exp.data.batch_size, shuffle=True,
                       drop_last=len(dataset) >= 2 * exp.data.batch_size, num_workers=workers,
                       persistent_workers=workers > 0, pin_memory=False)
+
+
+def class_pixel_counts(exp: Experiment, domain: str, max_frames: int = 256) -> "torch.Tensor":
+    """Labelled pixels per class in up to ``max_frames`` evenly spaced frames of a domain's
+    training split, at the input size (semantic labels; 255 is not counted)."""
+    import numpy as np
+    import torch
+
+    from atdt_ros.classmap import NUM_CLASSES
+
+    dataset = make_dataset(exp, domain, "train")
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(max_frames, len(dataset))).astype(int))
+    counts = torch.zeros(NUM_CLASSES, dtype=torch.float64)
+    for i in picks.tolist():
+        label = torch.as_tensor(dataset[i]["semantic"]).flatten().long()
+        label = label[label < NUM_CLASSES]
+        counts += torch.bincount(label, minlength=NUM_CLASSES).double()
+    return counts
 
 
 def resolve_focal_ref(exp: Experiment) -> float | None:
@@ -330,8 +349,15 @@ def train_stage(exp: Experiment, name: str) -> dict[str, Any]:
             if not is_done(exp, needed):
                 raise ConfigError(f"stage g needs stage {needed} first ({stage_dir(exp, needed)} is not complete)")
         e1 = load_task_net(exp, e1_stage(exp, "A")).encoder
-        e2 = load_task_net(exp, "n2").encoder
-        module: L.LightningModule = TransferModule(exp, e1, e2, steps)
+        n2 = load_task_net(exp, "n2")
+        weight = None
+        if exp.transfer.class_weights == "inverse_sqrt":
+            from .lit import inverse_sqrt_weights
+
+            weight = inverse_sqrt_weights(class_pixel_counts(exp, "A"))
+            log.info("stage g: class weights %s", " ".join(f"{w:.2f}" for w in weight.tolist()))
+        module: L.LightningModule = TransferModule(exp, e1, n2.encoder, steps, d2=n2.decoder,
+                                                   focal_ref=focal_ref, class_weight=weight)
     else:
         module = TaskModule(exp, task, steps, focal_ref)
     loader = train_loader(exp, domains)
@@ -356,7 +382,10 @@ def train_stage(exp: Experiment, name: str) -> dict[str, Any]:
 
     trainer = _make_trainer(exp, name, steps, [Timer(), Finish()])
     resume = _resume_checkpoint(folder)
-    log.info("stage %s: %s on %s, %d steps%s", name, task or "G (Eq. 3)", "∪".join(domains), steps,
+    what = task or ("G (Eq. 3)" if exp.transfer.task_loss == 0 else
+                    f"G (Eq. 3 + {exp.transfer.task_loss:g} x {exp.task2} loss through D2"
+                    f"{', class weights ' + exp.transfer.class_weights if exp.transfer.class_weights != 'none' else ''})")
+    log.info("stage %s: %s on %s, %d steps%s", name, what, "∪".join(domains), steps,
              f", resuming from {resume}" if resume else "")
     trainer.fit(module, train_dataloaders=loader, ckpt_path=resume, weights_only=True)
     if not is_done(exp, name) and trainer.global_step >= steps and trainer.is_global_zero:

@@ -126,6 +126,11 @@ def test_config_errors_name_the_key(domains, tmp_path):
     with pytest.raises(ConfigError, match=r"bad\.yaml: steps\.n3: unknown key"):
         load_experiment(path)
     assert experiment_from_dict(experiment(domains, tmp_path), ["steps.g=7"]).steps.g == 7
+    base = experiment(domains, tmp_path)
+    with pytest.raises(ConfigError, match=r"transfer\.task_loss: must be >= 0"):
+        experiment_from_dict(base, ["transfer.task_loss=-1"])
+    with pytest.raises(ConfigError, match=r"transfer\.class_weights: .* task 2 of sem2dep is depth"):
+        experiment_from_dict(base, ["direction=sem2dep", "transfer.class_weights=inverse_sqrt"])
     for shipped in sorted(Path(__file__).parent.parent.glob("config/experiments/*.yaml")):
         load_experiment(shipped)  # every shipped experiment follows the schema
 
@@ -189,6 +194,57 @@ def test_frozen_encoders_stay_frozen_while_g_trains(dep2sem_run):
         assert torch.equal(value, after[key]), key
     assert not e1.training and not e2.training
     assert any(not torch.equal(v, module.g.state_dict()[k]) for k, v in g_before.items())
+
+
+def test_inverse_sqrt_weights_have_known_values():
+    from atdt_train.lit import inverse_sqrt_weights
+
+    w = inverse_sqrt_weights(torch.tensor([64.0, 16.0, 0.0, 16.0]))
+    # frequencies 2/3, 1/6, 0, 1/6 -> 1/sqrt: 1.2247, 2.4495, (max present), 2.4495; scaled so that
+    # the mean weight of a labelled pixel is 1: divide by 2/3*1.2247 + 2*1/6*2.4495 = 1.6330
+    assert torch.allclose(w, torch.tensor([0.75, 1.5, 1.5, 1.5]), atol=1e-6)
+    assert torch.equal(inverse_sqrt_weights(torch.zeros(3)), torch.ones(3))
+
+
+def test_g_task_loss_flows_through_the_frozen_d2(dep2sem_run):
+    """transfer.task_loss: loss = Eq. 3 + λ · weighted CE of D2(G(E1(x))); D2 never changes."""
+    import dataclasses
+
+    import lightning as L
+    import torch.nn.functional as F
+
+    from atdt_train.lit import TransferModule
+    from atdt_train.stages import class_pixel_counts, load_task_net, train_loader
+
+    exp = dataclasses.replace(dep2sem_run, transfer=dataclasses.replace(dep2sem_run.transfer, task_loss=0.5,
+                                                                        class_weights="inverse_sqrt"))
+    counts = class_pixel_counts(exp, "A")
+    assert counts[[0, 1, 7, 9, 10]].min() > 0 and counts.sum() == counts[[0, 1, 7, 9, 10]].sum()
+    weight = torch.linspace(0.5, 2.0, 11)
+    n2 = load_task_net(exp, "n2")
+    e1 = load_task_net(exp, "n1").encoder
+    d2_before = {k: v.clone() for k, v in n2.decoder.state_dict().items()}
+    module = TransferModule(exp, e1, n2.encoder, max_steps=2, d2=n2.decoder, class_weight=weight)
+    batch = next(iter(train_loader(exp, ("A",))))
+    with torch.no_grad():
+        f1, f2 = e1(batch["image"]), n2.encoder(batch["image"])
+        mapped = module.g(f1)
+        expected = F.mse_loss(mapped, f2) + 0.5 * F.cross_entropy(
+            n2.decoder(mapped, (H, W)), batch["semantic"], weight=weight, ignore_index=255)
+        module.log = lambda *a, **k: None  # outside a Trainer
+        module._check_finite = lambda loss: None
+        assert torch.allclose(module.training_step(batch, 0), expected, rtol=1e-5)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    module = TransferModule(exp, e1, n2.encoder, max_steps=2, d2=n2.decoder, class_weight=weight)
+    g_before = {k: v.clone() for k, v in module.g.state_dict().items()}
+    trainer.fit(module, train_dataloaders=train_loader(exp, ("A",)))
+    for key, value in d2_before.items():
+        assert torch.equal(value, n2.decoder.state_dict()[key]), key
+    assert not n2.decoder.training
+    assert any(not torch.equal(v, module.g.state_dict()[k]) for k, v in g_before.items())
+    with pytest.raises(ValueError, match="needs D2"):
+        TransferModule(exp, e1, n2.encoder, max_steps=2)
 
 
 def _logged_steps(stage_folder: Path, version: int) -> list[int]:
