@@ -42,6 +42,8 @@ TABLE_NAMES: tuple[str, ...] = (
     "Road", "Sidewalk", "Walls", "Fence", "Person", "Poles",
     "Vegetation", "Vehicles", "Tr. Signs", "Building", "Sky",
 )
+THIN_CLASSES: tuple[int, ...] = (4, 5, 8)
+"""person, pole, traffic sign: the thin classes an L2 feature mapping tends to average away."""
 UNLABELED_COLOR: tuple[int, int, int] = (0, 0, 0)
 
 

@@ -149,16 +149,23 @@ def _row(metrics: dict[str, Any], task: str) -> list[str]:
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
     if task == "semantic":
-        return [pct(metrics.get("miou")), pct(metrics.get("accuracy"))]
+        from .report import thin_iou
+
+        thin = thin_iou(metrics) if "iou" in metrics else None
+        return [pct(metrics.get("miou")), pct(metrics.get("accuracy")), pct(thin)]
     return [num(metrics.get("abs_rel")), num(metrics.get("rmse")), pct(metrics.get("delta1"))]
 
 
 def summary_table(results: dict[str, Any], task: str, replays: dict[str, dict[str, Any]],
                   precision: str = "32") -> str:
     """The Baseline / AT/DT / Oracle table on B (and A), with the node's replay rows and latency."""
-    head = ["mIoU %", "Acc %"] if task == "semantic" else ["Abs Rel", "RMSE", "δ<1.25 %"]
+    from .report import method_labels, transfer_name
+
+    head = ["mIoU %", "Acc %", "thin %"] if task == "semantic" else ["Abs Rel", "RMSE", "δ<1.25 %"]
+    cfg = results.get("config", {})
+    atdt = method_labels(cfg)["atdt"]
     names = {"baseline": "Baseline (N2 trained on A)", "baseline_adabn": "Baseline + AdaBN",
-             "atdt": "AT/DT  D2(G(E1(x)))", "atdt_adabn": "AT/DT + AdaBN", "oracle": "Oracle (N2 trained on B)"}
+             "atdt": f"{atdt}  D2(G(E1(x)))", "atdt_adabn": f"{atdt} + AdaBN", "oracle": "Oracle (N2 trained on B)"}
     lines = []
     for domain in ("B", "A"):
         rows = results.get("domains", {}).get(domain, {}).get("task2", {})
@@ -171,19 +178,21 @@ def summary_table(results: dict[str, Any], task: str, replays: dict[str, dict[st
                 lines.append(f"  {label:28s}" + "".join(f"{v:>10s}" for v in _row(rows[key], task)))
         if domain == "B" and "accuracy" in replays:
             node = replays["accuracy"]
-            lines.append(f"  {'node, bag replay (AT/DT)':28s}"
+            lines.append(f"  {f'node, bag replay ({atdt})':28s}"
                          + "".join(f"{v:>10s}" for v in _row(node[task], task)))
         if domain == "B" and "accuracy" in replays and precision != "32":
             lines.append(f"  (offline rows computed with {precision} autocast, the node runs the fp32 export)")
         if domain == "B" and task == "semantic" and {"baseline", "atdt", "oracle"} <= rows.keys():
             b, a, o = rows["baseline"]["miou"], rows["atdt"]["miou"], rows["oracle"]["miou"]
             if o != b:
-                lines.append(f"  AT/DT closes {100 * (a - b) / (o - b):.0f}% of the Baseline->Oracle mIoU gap on B")
+                lines.append(f"  {atdt} closes {100 * (a - b) / (o - b):.0f}% of the Baseline->Oracle mIoU gap on B")
         if domain == "B" and task == "depth" and {"baseline", "atdt", "oracle"} <= rows.keys():
             b, a, o = (rows[k]["abs_rel"] for k in ("baseline", "atdt", "oracle"))
             if o != b:
-                lines.append(f"  AT/DT closes {100 * (a - b) / (o - b):.0f}% of the Baseline->Oracle Abs Rel gap on B")
+                lines.append(f"  {atdt} closes {100 * (a - b) / (o - b):.0f}% of the Baseline->Oracle Abs Rel gap on B")
         lines.append("")
+    if task == "semantic":
+        lines.append(f"G trained by {transfer_name(cfg)}; thin = mean IoU of person, pole and traffic sign")
     for mode, r in replays.items():
         lat, f = r["latency"], r["frames"]
         lines.append(f"node latency ({mode} replay, {r['node_diagnostics'].get('backend', '?')} backend): "

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from atdt_ros.classmap import TABLE_NAMES, colorize
+from atdt_ros.classmap import TABLE_NAMES, THIN_CLASSES, colorize
 from atdt_ros.files import atomic_path, atomic_write
 from atdt_ros.present import depth_colormap
 from atdt_ros.metrics import DEPTH_METRICS
@@ -18,6 +18,32 @@ METHOD_LABELS: dict[str, str] = {
     "baseline": "Baseline", "baseline_adabn": "Baseline+AdaBN", "atdt": "AT/DT",
     "atdt_adabn": "AT/DT+AdaBN", "oracle": "Oracle",
 }
+
+
+def thin_iou(row: dict[str, Any]) -> float:
+    """Mean IoU of the thin classes (person, pole, traffic sign) of a semantic row."""
+    values = [row["iou"][c] for c in THIN_CLASSES]
+    return math.nan if any(v is None or math.isnan(v) for v in values) else float(np.mean(values))
+
+
+def transfer_name(cfg: dict[str, Any]) -> str:
+    """How G was trained: "Eq. 3 (paper)" or the options beyond the paper, as configured."""
+    t = cfg.get("transfer") or {}
+    if not t or float(t.get("task_loss", 0.0)) == 0.0:
+        return "Eq. 3 (paper)"
+    name = f"Eq. 3 + {float(t['task_loss']):g} x task loss through D2"
+    if t.get("class_weights", "none") != "none":
+        name += f", {t['class_weights'].replace('_', '-')} class weights"
+    return name
+
+
+def method_labels(cfg: dict[str, Any]) -> dict[str, str]:
+    """Row labels of a report: AT/DT rows are AT/DT+ when G was trained beyond the paper."""
+    if transfer_name(cfg) == "Eq. 3 (paper)":
+        return dict(METHOD_LABELS)
+    return {**METHOD_LABELS, "atdt": "AT/DT+", "atdt_adabn": "AT/DT++AdaBN"}
+
+
 DEPTH_HEADERS: dict[str, str] = {
     "abs_rel": "Abs Rel ↓", "sq_rel": "Sq Rel ↓", "rmse": "RMSE ↓", "rmse_log": "RMSE log ↓",
     "delta1": "δ<1.25 ↑", "delta2": "δ<1.25² ↑", "delta3": "δ<1.25³ ↑",
@@ -53,33 +79,34 @@ def gap_closed(rows: dict[str, dict[str, Any]], key: str) -> float:
     return (atdt - base) / (oracle - base)
 
 
-def semantic_table(rows: dict[str, dict[str, Any]]) -> list[str]:
-    """Table 1 layout: per-class IoU, mIoU, Acc, and the gains over the Baseline."""
-    head = ["Method", *TABLE_NAMES, "mIoU", "Acc", "Δ mIoU", "Δ Acc"]
+def semantic_table(rows: dict[str, dict[str, Any]], labels: dict[str, str] = METHOD_LABELS) -> list[str]:
+    """Table 1 layout: per-class IoU, mIoU, Acc, the thin classes' mean IoU, and the gains over the Baseline."""
+    head = ["Method", *TABLE_NAMES, "mIoU", "Acc", "thin", "Δ mIoU", "Δ Acc"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = rows.get("baseline")
-    for key, label in METHOD_LABELS.items():
+    for key, label in labels.items():
         if key not in rows:
             continue
         r = rows[key]
         gains = ["", ""]
         if base is not None and key != "baseline":
             gains = [_signed(100 * (r["miou"] - base["miou"]), 1), _signed(100 * (r["accuracy"] - base["accuracy"]), 1)]
-        cells = [label, *(_pct(v) for v in r["iou"]), f"**{_pct(r['miou'])}**", _pct(r["accuracy"]), *gains]
+        cells = [label, *(_pct(v) for v in r["iou"]), f"**{_pct(r['miou'])}**", _pct(r["accuracy"]),
+                 _pct(thin_iou(r)), *gains]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def depth_table(rows: dict[str, dict[str, Any]]) -> list[str]:
+def depth_table(rows: dict[str, dict[str, Any]], labels: dict[str, str] = METHOD_LABELS) -> list[str]:
     """Table 2 layout: the seven depth metrics, then the gains over the Baseline."""
     head = ["Method", *(DEPTH_HEADERS[m] for m in DEPTH_METRICS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, label in METHOD_LABELS.items():
+    for key, label in labels.items():
         if key in rows:
             lines.append("| " + " | ".join([label, *(depth_value(m, rows[key][m]) for m in DEPTH_METRICS)]) + " |")
     base = rows.get("baseline")
     if base is not None:
-        for key, label in METHOD_LABELS.items():
+        for key, label in labels.items():
             if key in rows and key != "baseline":
                 cells = []
                 for m in DEPTH_METRICS:
@@ -111,7 +138,9 @@ def render_report(results: dict[str, Any]) -> str:
         f"- Networks: dilated ResNet-{m['depth']}, feature level {m['feature_level']}, norm {m['norm']}, "
         f"input {d['height']}x{d['width']}, batch {d['batch_size']}, precision {cfg['trainer']['precision']}",
         f"- Steps: N1 {s['n1']}, N2 {s['n2']}, G {s['g']}, Oracle {s['oracle']}; Adam lr {cfg['optimizer']['lr']}",
+        f"- G trained by {transfer_name(cfg)}",
     ]
+    labels = method_labels(cfg)
     if "depth" in (task1, task2):
         dep = cfg["depth"]
         lines.append(f"- Depth: metrics on ground truth in ({dep['min_depth']}, {dep['max_depth']}) m; focal "
@@ -127,18 +156,19 @@ def render_report(results: dict[str, Any]) -> str:
             continue
         rows = res["task2"]
         lines += ["", f"## {task2.capitalize()} on {DOMAIN_TITLES[domain]}: {res['frames']} test frames", ""]
-        lines += semantic_table(rows) if task2 == "semantic" else depth_table(rows)
+        lines += semantic_table(rows, labels) if task2 == "semantic" else depth_table(rows, labels)
         key = "miou" if task2 == "semantic" else "abs_rel"
         closed = gap_closed(rows, key) if domain == "B" else math.nan  # the Oracle is B's
         if not math.isnan(closed):
-            lines += ["", f"AT/DT closes {100 * closed:.0f}% of the Baseline→Oracle gap in "
+            lines += ["", f"{labels['atdt']} closes {100 * closed:.0f}% of the Baseline→Oracle gap in "
                           f"{'mIoU' if key == 'miou' else 'Abs Rel'}."]
         if not res.get("adabn"):
             lines += ["", "AdaBN rows: not applicable (no batch normalisation)."]
         lines += ["", f"Task 1 ({task1}, N1) on {domain}: {_task1_line(task1, res['task1'])}."]
         if res.get("figure"):
             lines += ["", f"![RGB | Baseline | AT/DT | ground truth on {domain}]({res['figure']})"]
-    lines += ["", "Rows: Baseline = N2 trained on A; AT/DT = D2(G(E1(x))) (Eq. 4); +AdaBN = batch-norm "
+    lines += ["", f"Rows: Baseline = N2 trained on A; {labels['atdt']} = D2(G(E1(x))) (Eq. 4, G trained by "
+              f"{transfer_name(cfg)}); thin = mean IoU of person, pole and traffic sign; +AdaBN = batch-norm "
               "statistics re-estimated on the evaluated domain's unlabelled training images (for AT/DT: "
               "those of G and D2; E1 is kept); Oracle = N2 trained on B's task-2 labels.", ""]
     return "\n".join(lines)

@@ -151,8 +151,31 @@ def test_run_writes_results_report_and_figures(dep2sem_run):
     report = (out / "report.md").read_text()
     for row in ("| Baseline |", "| Baseline+AdaBN |", "| AT/DT |", "| AT/DT+AdaBN |", "| Oracle |", "mIoU", "Tr. Signs"):
         assert row in report
+    assert "G trained by Eq. 3 (paper)" in report
     for stage in ("n1", "n2", "g", "oracle"):
         assert json.loads((out / "stages" / stage / "done.json").read_text())["steps"] == 2
+
+
+def test_report_names_g_beyond_the_paper_and_the_thin_classes_mean():
+    from atdt_train.demo import summary_table
+    from atdt_train.report import render_report, thin_iou
+
+    iou = [0.9, 0.8, 0.5, 0.4, 0.10, 0.20, 0.7, 0.8, 0.30, 0.6, 0.9]
+    row = {"iou": iou, "miou": 0.55, "accuracy": 0.9}
+    assert thin_iou(row) == pytest.approx(0.2)  # person 0.1, pole 0.2, sign 0.3
+    cfg = {"shared": True, "domains": {"A": {"train": "a.txt"}, "B": {"train": "b.txt"}},
+           "model": {"depth": 18, "feature_level": 4, "norm": "batch"}, "data": {"height": 32, "width": 64, "batch_size": 2},
+           "steps": {"n1": 1, "n2": 1, "g": 1, "oracle": 1}, "optimizer": {"lr": 0.001},
+           "trainer": {"precision": "32"}, "depth": {"min_depth": 0.5, "max_depth": 80.0, "focal_normalised": False},
+           "transfer": {"task_loss": 1.0, "class_weights": "inverse_sqrt"}}
+    results = {"experiment": "x", "direction": "dep2sem", "task1": "depth", "task2": "semantic", "config": cfg,
+               "domains": {"B": {"frames": 3, "task2": {"baseline": row, "atdt": row}, "task1": {
+                   m: 0.1 for m in ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")}}}}
+    report = render_report(results)
+    assert "G trained by Eq. 3 + 1 x task loss through D2, inverse-sqrt class weights" in report
+    assert "| AT/DT+ | 90.0 |" in report and "| **55.0** | 90.0 | 20.0 |" in report
+    table = summary_table(results, "semantic", {})
+    assert "AT/DT+  D2(G(E1(x)))" in table and table.splitlines()[2].split()[-1] == "20.0"
 
 
 def test_finished_stages_are_skipped_and_networks_load(dep2sem_run, caplog):
