@@ -81,7 +81,8 @@ def decode_compressed(fmt: str, data: bytes | bytearray | memoryview | Sequence[
 
 def array_to_image_fields(array: np.ndarray, encoding: str) -> tuple[int, int, int, bytes]:
     """(height, width, step, data) of an Image holding ``array`` in ``encoding``, unpadded."""
-    expected = {"32FC1": (np.float32, 1), "mono8": (np.uint8, 1), "rgb8": (np.uint8, 3),
+    expected = {"32FC1": (np.float32, 1), "16UC1": (np.uint16, 1),
+                "mono8": (np.uint8, 1), "rgb8": (np.uint8, 3),
                 "bgr8": (np.uint8, 3), "rgba8": (np.uint8, 4), "bgra8": (np.uint8, 4)}
     if encoding not in expected:
         raise InputError(f"cannot encode '{encoding}' (accepted: {', '.join(expected)})")
@@ -92,6 +93,70 @@ def array_to_image_fields(array: np.ndarray, encoding: str) -> tuple[int, int, i
     height, width = array.shape[:2]
     step = width * channels * array.dtype.itemsize
     return height, width, step, np.ascontiguousarray(array).tobytes()
+
+
+SKY_ID: int = next(c.id for c in classmap.CLASSES if c.name == "sky")
+"""Class id of sky: its pixels have no finite depth."""
+DEPTH_SKY: tuple[str, ...] = ("inf", "nan", "keep")
+"""What the depth output holds on sky pixels: +Inf (REP 117 "too far"), NaN, or the prediction."""
+DEPTH_ENCODINGS: tuple[str, ...] = ("32FC1", "16UC1")
+"""Depth output encodings (REP 118): float32 metres, or uint16 millimetres with 0 = no depth."""
+MAX_MM: int = 65535
+
+
+def depth_to_publish(depth: np.ndarray, labels: np.ndarray | None,
+                     depth_range: tuple[float, float], *, sky: str = "inf",
+                     range_limits: bool = True, encoding: str = "32FC1", in_place: bool = False,
+                     out16: np.ndarray | None = None,
+                     scratch: np.ndarray | None = None) -> np.ndarray:
+    """The depth image to publish from (H, W) float32 metres (NaN = no reading, as
+    :meth:`Postprocessor.depth_metres` gives it), following REP 117 / 118.
+
+    ``range_limits``: values above ``depth_range[1]`` become +Inf (too far), values below
+    ``depth_range[0]`` -Inf (too close); NaN stays NaN. Then, unless ``sky`` is ``keep`` or
+    ``labels`` is None, pixels labelled sky become +Inf (``inf``) or NaN (``nan``), whatever
+    the prediction was. ``encoding`` 32FC1 returns float32 metres; 16UC1 returns uint16
+    millimetres (rounded to the nearest, finite positive values clipped to 1..65535) with 0 for
+    every pixel without a finite positive depth (NaN, +Inf, -Inf).
+
+    Vectorised, and allocation-free when the buffers are given: ``in_place`` writes into
+    ``depth`` (else a copy is made), ``out16`` (H, W) uint16 receives 16UC1, ``scratch`` is an
+    (H, W) bool work buffer.
+    """
+    if sky not in DEPTH_SKY:
+        raise ValueError(f"sky '{sky}' is not one of {', '.join(DEPTH_SKY)}")
+    if encoding not in DEPTH_ENCODINGS:
+        raise ValueError(f"encoding '{encoding}' is not one of {', '.join(DEPTH_ENCODINGS)}")
+    if depth.dtype != np.float32 or depth.ndim != 2:
+        raise ValueError(f"depth must be (H, W) float32, got {depth.dtype}{depth.shape}")
+    if labels is not None and labels.shape != depth.shape:
+        raise ValueError(f"labels {labels.shape} and depth {depth.shape} differ in size")
+    d = depth if in_place else depth.copy()
+    m = scratch if scratch is not None else np.empty(d.shape, dtype=bool)
+    if range_limits:
+        low, high = depth_range
+        np.greater(d, np.float32(high), out=m)  # NaN compares False: stays NaN
+        np.copyto(d, np.float32(np.inf), where=m)
+        np.less(d, np.float32(low), out=m)
+        np.copyto(d, np.float32(-np.inf), where=m)
+    if sky != "keep" and labels is not None:
+        np.equal(labels, SKY_ID, out=m)
+        np.copyto(d, np.float32(np.inf if sky == "inf" else np.nan), where=m)
+    if encoding == "32FC1":
+        return d
+    mm = out16 if out16 is not None else np.empty(d.shape, dtype=np.uint16)
+    np.greater(d, 0, out=m)                     # False for NaN and -Inf (and <= 0)
+    np.logical_not(m, out=m)
+    np.copyto(d, np.float32(np.nan), where=m)
+    np.isinf(d, out=m)                          # +Inf: too far has no millimetre value
+    np.copyto(d, np.float32(np.nan), where=m)
+    np.multiply(d, np.float32(1000.0), out=d)
+    np.rint(d, out=d)
+    np.clip(d, 1, MAX_MM, out=d)                # a valid depth never reads as 0 (no depth)
+    np.isnan(d, out=m)
+    np.copyto(d, np.float32(0), where=m)
+    np.copyto(mm, d, casting="unsafe")
+    return mm
 
 
 def resize_interpolation(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int:
@@ -160,8 +225,9 @@ class Postprocessor:
     """Turn the chain's outputs into images at the camera resolution, in reused buffers.
 
     Depth: 32FC1 metres (REP 118), bilinear resize, non-positive or non-finite values as NaN
-    (REP 118's "no reading"). Semantic: mono8 class ids, nearest resize, ids not in the class
-    map as the unlabeled id. Colour: rgb8 from the class map's palette.
+    (REP 118's "no reading"); :meth:`depth_output` then marks sky and out-of-range values
+    (REP 117) and picks the encoding. Semantic: mono8 class ids, nearest resize, ids not in the
+    class map as the unlabeled id. Colour: rgb8 from the class map's palette.
     """
 
     def __init__(self, depth: DepthSpec, class_ids: Sequence[int], unlabeled_id: int,
@@ -176,6 +242,7 @@ class Postprocessor:
         if self._shape != (height, width):
             self._shape = (height, width)
             self.depth = np.empty((height, width), dtype=np.float32)
+            self.depth16: np.ndarray | None = None
             self._invalid = np.empty((height, width), dtype=bool)
             self.semantic = np.empty((height, width), dtype=np.uint8)
             self.color = np.empty((height, width, 3), dtype=np.uint8)
@@ -197,6 +264,17 @@ class Postprocessor:
         np.logical_not(self._invalid, out=self._invalid)
         np.copyto(self.depth, np.float32(np.nan), where=self._invalid)
         return self.depth
+
+    def depth_output(self, depth: np.ndarray, labels: np.ndarray | None, sky: str,
+                     range_limits: bool, encoding: str) -> np.ndarray:
+        """:func:`depth_to_publish` on ``depth`` from :meth:`depth_metres`, in place, with the
+        chain's metadata depth range (``depth.min``/``max``); reused buffers."""
+        self._ensure(*depth.shape)
+        if encoding == "16UC1" and self.depth16 is None:
+            self.depth16 = np.empty(depth.shape, dtype=np.uint16)
+        return depth_to_publish(depth, labels, (self.depth_spec.min, self.depth_spec.max),
+                                sky=sky, range_limits=range_limits, encoding=encoding,
+                                in_place=True, out16=self.depth16, scratch=self._invalid)
 
     def semantic_ids(self, semantic_out: np.ndarray, height: int, width: int) -> np.ndarray:
         """(1,h,w) or (h,w) class ids -> (height, width) uint8 mono8 labels (reused buffer)."""

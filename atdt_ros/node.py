@@ -47,6 +47,8 @@ from atdt_ros.backends import (
 from atdt_ros.camera import image_matrices
 from atdt_ros.imgproc import (
     COMPRESSED_FORMATS,
+    DEPTH_ENCODINGS,
+    DEPTH_SKY,
     InputError,
     Postprocessor,
     Preprocessor,
@@ -81,6 +83,9 @@ PARAMETERS: dict[str, Any] = {
     "publish_depth": True,         # ~/depth and ~/camera_info
     "publish_semantic": True,      # ~/semantic
     "publish_semantic_color": True,  # ~/semantic_color
+    "depth_sky": "inf",            # depth on sky pixels: inf | nan | keep (REP 117)
+    "depth_range_limits": True,    # beyond metadata depth.max -> +Inf, below depth.min -> -Inf
+    "depth_encoding": "32FC1",     # 32FC1 (metres) | 16UC1 (millimetres, 0 = no depth)
     "process_all": False,          # queue every frame instead of keeping only the newest
     "image_transport": "raw",      # raw: sensor_msgs/Image on image; compressed: <image>/compressed
     "input_qos": "sensor_data",    # sensor_data | reliable | best_effort
@@ -109,6 +114,25 @@ def qos_profile(kind: str, depth: int, name: str) -> QoSProfile:
     reliability = ReliabilityPolicy.RELIABLE if kind == "reliable" else ReliabilityPolicy.BEST_EFFORT
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability,
                       durability=DurabilityPolicy.VOLATILE)
+
+
+def depth_sky_name(value: Any) -> Any:
+    """``depth_sky`` as a choice name: rcl reads ``inf`` / ``nan`` (unquoted in a params file, or
+    ``-p depth_sky:=inf``) as doubles, so +Inf and NaN map to "inf" and "nan"; a string stays."""
+    if isinstance(value, float) and not isinstance(value, bool):
+        if value == float("inf"):
+            return "inf"
+        if value != value:
+            return "nan"
+    return value if isinstance(value, str) else str(value)
+
+
+def check_depth_parameters(values: dict[str, Any]) -> None:
+    """StartupError naming the parameter and the accepted values for a bad depth option."""
+    for name, choices in (("depth_sky", DEPTH_SKY), ("depth_encoding", DEPTH_ENCODINGS)):
+        if values[name] not in choices:
+            raise StartupError(f"parameter {name}: '{printable(values[name])}' is not one of "
+                               f"{', '.join(choices)}")
 
 
 class Mailbox:
@@ -331,6 +355,9 @@ class PerceptionNode(LifecycleNode):
                     if isinstance(value, bool) or not isinstance(value, (int, float)):
                         raise TypeError(f"got {type(value).__name__} {value!r}")
                     value = float(value)
+                elif name == "depth_sky":  # `depth_sky: inf` / `:=nan` arrive as doubles
+                    value = depth_sky_name(self.declare_parameter(
+                        name, default, ParameterDescriptor(dynamic_typing=True)).value)
                 else:
                     value = self.declare_parameter(name, default).value
                 values[name] = value
@@ -362,6 +389,7 @@ class PerceptionNode(LifecycleNode):
         if values["image_transport"] not in ("raw", "compressed"):
             raise StartupError(f"parameter image_transport: '{printable(values['image_transport'])}'"
                                f" is not one of raw, compressed")
+        check_depth_parameters(values)
         if not re.fullmatch(r"cpu|cuda(:\d+)?", values["device"]):
             raise StartupError(f"parameter device: '{printable(values['device'])}' is not one of "
                                f"cpu, cuda, cuda:N")
@@ -527,19 +555,26 @@ class PerceptionNode(LifecycleNode):
         # every output message is built before the first is published: once a subscriber starts
         # receiving, its threads compete with this one for the CPU
         ready = []
+        labels = None
         if want_depth:
             info = self._camera_info
             focal = None
             if info is not None and (info.p[0] > 0 or info.k[0] > 0):
                 focal = image_geometry(info, height, width).focal_x  # P, binning, ROI
             depth = self.post.depth_metres(out["depth"], height, width, focal)
-            ready.append((self.pub_depth, self._image(msg, depth, "32FC1")))
+            if self.p["depth_sky"] != "keep":  # the sky mask needs labels, subscribed or not
+                labels = self.post.semantic_ids(out["semantic"], height, width)
+            depth_encoding = self.p["depth_encoding"]
+            depth = self.post.depth_output(depth, labels, self.p["depth_sky"],
+                                           bool(self.p["depth_range_limits"]), depth_encoding)
+            ready.append((self.pub_depth, self._image(msg, depth, depth_encoding)))
             if info is not None:
                 scaled = scale_camera_info(info, height, width)
                 scaled.header = msg.header
                 ready.append((self.pub_info, scaled))
         if want_semantic or want_color:
-            labels = self.post.semantic_ids(out["semantic"], height, width)
+            if labels is None:
+                labels = self.post.semantic_ids(out["semantic"], height, width)
             if want_semantic:
                 ready.append((self.pub_semantic, self._image(msg, labels, "mono8")))
             if want_color:
@@ -559,7 +594,7 @@ class PerceptionNode(LifecycleNode):
         out.header = source.header
         out.height, out.width, out.step, data = array_to_image_fields(array, encoding)
         out.encoding = encoding
-        out.is_bigendian = sys.byteorder == "big" if encoding == "32FC1" else False
+        out.is_bigendian = sys.byteorder == "big" if encoding in ("32FC1", "16UC1") else False
         out.data = data
         return out
 

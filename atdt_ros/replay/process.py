@@ -17,13 +17,17 @@ def start_node(model: str, namespace: str, params_file: str | None, backend: str
     """Start ``atdt_perception`` for ``model`` as a subprocess with this environment.
 
     ``trust_model_code`` sets the node's parameter of that name (backends torch and tensorrt
-    unpickle chain.pt2); False leaves the params file's value."""
+    unpickle chain.pt2); False leaves the params file's value. The node publishes the chain's own
+    depth (``depth_sky: keep``, ``depth_range_limits: false``): replay scores the chain as the
+    offline evaluation does, and the REP 117 markers (+Inf sky, ±Inf out of range) would otherwise
+    be scored as predictions."""
     exe = Path(sys.executable).parent / NODE_NAME
     command = [str(exe)] if exe.is_file() else [sys.executable, "-m", "atdt_ros.node"]
     command += ["--ros-args", "-r", f"__ns:={namespace or '/'}"]
     if params_file:
         command += ["--params-file", params_file]
-    command += ["-p", f"model_path:={os.path.abspath(model)}"]
+    command += ["-p", f"model_path:={os.path.abspath(model)}", "-p", "depth_sky:=keep",
+                "-p", "depth_range_limits:=false"]
     if backend:
         command += ["-p", f"backend:={backend}"]
     if trust_model_code:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Callable, Iterator
@@ -156,18 +157,35 @@ def run_filelist(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_SATURATION_WARNINGS = 5
+"""Saturated frames named one by one in the log; all of them go to proxy_depth_stats.json."""
+
+
 def run_proxy_depth(args: argparse.Namespace) -> int:
-    """``atdt_train proxy-depth``: SGBM + left-right check depth labels and a filelist pointing to them."""
+    """``atdt_train proxy-depth``: SGBM + left-right check depth labels and a filelist pointing to them.
+
+    Warns per frame when the disparities saturate (:data:`~.proxy_depth.SATURATION_SHARE` of
+    them within :data:`~.proxy_depth.SATURATION_MARGIN_PX` of the top of the range) and in the
+    summary when fewer than :data:`~.proxy_depth.LOW_KEPT_FRACTION` of the pixels are kept; the
+    exit status stays 0 (the labels are written), the warnings go to the stats file too.
+    """
     import json
 
     import cv2
     from tqdm import tqdm
 
     from .decoders import encode_depth_png256, get_decoder
-    from .proxy_depth import ProxyStats, StereoParams, compute_proxy_depth
+    from .proxy_depth import (DEFAULT_MIN_DEPTH_M, LOW_KEPT_FRACTION, SATURATION_MARGIN_PX, SATURATION_SHARE,
+                              ProxyStats, StereoParams, stereo_proxy_depth)
 
     try:
-        params = StereoParams(args.num_disparities, args.block_size, args.max_lr_diff)
+        if args.num_disparities is not None and args.min_depth is not None:
+            raise ValueError(f"give --num-disparities ({args.num_disparities}) or --min-depth "
+                             f"({args.min_depth}), not both: the range follows from --min-depth")
+        min_depth = DEFAULT_MIN_DEPTH_M if args.min_depth is None else args.min_depth
+        params = StereoParams(args.num_disparities, args.block_size, args.max_lr_diff, min_depth=min_depth)
+        if not math.isfinite(args.doffs):
+            raise ValueError(f"--doffs must be a finite number of pixels, got {args.doffs}")
         kind = args.kind or read_list_kind(args.list)
         if kind is None:
             raise DatasetError(f"no dataset kind for {args.list}: pass --kind")
@@ -183,6 +201,8 @@ def run_proxy_depth(args: argparse.Namespace) -> int:
     (out / "depth").mkdir(parents=True, exist_ok=True)
     stats = ProxyStats()
     new_frames: list[Frame] = []
+    ranges: set[int] = set()
+    saturated: list[dict[str, object]] = []
     for index, frame in enumerate(tqdm(stereo, desc="proxy depth", unit="frame")):
         try:
             left = decoder.rgb(frame.rgb)
@@ -190,15 +210,31 @@ def run_proxy_depth(args: argparse.Namespace) -> int:
             camera = decoder.camera(frame, left.shape[1])
             if camera is None or camera.baseline is None:
                 raise DatasetError(f"no camera focal length and baseline for {frame.rgb}: pass --fx and --baseline")
-            fx = camera.fx * (left.shape[1] / camera.width if camera.width else 1.0)
-            depth = compute_proxy_depth(left, right, fx, camera.baseline, params)
+            scale = left.shape[1] / camera.width if camera.width else 1.0
+            fx, doffs = camera.fx * scale, args.doffs * scale
+            result = stereo_proxy_depth(left, right, fx, camera.baseline, params, doffs)
             exact = decoder.depth(frame.depth, frame) if (args.compare and frame.depth is not None) else None
         except (DatasetError, ValueError) as exc:
             log.error("%s", exc)
             return 2
-        stats.add(depth, exact)
+        if result.num_disparities not in ranges:
+            ranges.add(result.num_disparities)
+            log.info("%s: searching disparities 0..%d px (depths from %.3g m on)", frame.rgb,
+                     result.num_disparities, result.nearest_depth)
+        share = result.saturated_share
+        if share >= SATURATION_SHARE:
+            saturated.append({"frame": str(frame.rgb), "saturated_share": share,
+                              "num_disparities": result.num_disparities})
+            if len(saturated) <= MAX_SATURATION_WARNINGS:
+                fix = (f"--num-disparities {2 * result.num_disparities}" if params.num_disparities is not None
+                       else f"--min-depth {params.min_depth / 2:g}")
+                log.warning("%s: %.1f %% of the matched disparities lie within %g px of the top of the "
+                            "searched range (0..%d px, depths from %.3g m on): the scene is nearer, those "
+                            "pixels are wrong or lost; search a larger range (e.g. %s)", frame.rgb, 100 * share,
+                            SATURATION_MARGIN_PX, result.num_disparities, result.nearest_depth, fix)
+        stats.add(result.depth, exact)
         target = out / "depth" / f"{index:06d}_{frame.rgb.stem}.png"
-        ok, png = cv2.imencode(".png", encode_depth_png256(depth))
+        ok, png = cv2.imencode(".png", encode_depth_png256(result.depth))
         if not ok:
             log.error("cannot encode %s", target)
             return 1
@@ -207,10 +243,23 @@ def run_proxy_depth(args: argparse.Namespace) -> int:
     list_path = write_filelist(out / Path(args.list).name, new_frames)
     _declare_kind(list_path, kind)
     summary = stats.summary()
+    warnings: list[str] = []
+    if saturated:
+        warnings.append(f"{len(saturated)} of {len(new_frames)} frames saturated the disparity range "
+                        f"(>= {100 * SATURATION_SHARE:g} % of matches within {SATURATION_MARGIN_PX:g} px of "
+                        f"its top): raise --num-disparities or lower --min-depth")
+    if summary["kept_fraction"] < LOW_KEPT_FRACTION:
+        warnings.append(f"only {100 * summary['kept_fraction']:.1f} % of the pixels were kept (below "
+                        f"{100 * LOW_KEPT_FRACTION:g} %): check the disparity range (--min-depth, "
+                        f"--num-disparities), the camera (--fx, --baseline, --doffs) and that the pairs are rectified")
     (out / "proxy_depth_stats.json").write_text(json.dumps(
-        {"frames": len(new_frames), "params": vars(params), **summary}, indent=2) + "\n", encoding="utf-8")
+        {"frames": len(new_frames), "params": vars(params), "doffs": args.doffs,
+         "num_disparities_used": sorted(ranges), **summary, "saturated_frames": saturated,
+         "warnings": warnings}, indent=2) + "\n", encoding="utf-8")
     message = ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
     log.info("wrote %d proxy depth labels and %s (%s)", len(new_frames), list_path, message)
+    for warning in warnings:
+        log.warning("%s", warning)
     return 0
 
 
@@ -237,7 +286,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--kind", choices=KINDS, help="dataset kind (default: dataset.yaml beside the list)")
     q.add_argument("--fx", type=float, help="focal length in pixels at native width, when the dataset gives none")
     q.add_argument("--baseline", type=float, help="stereo baseline in metres, when the dataset gives none")
-    q.add_argument("--num-disparities", type=int, default=64, help="SGBM disparity range, multiple of 16")
+    q.add_argument("--num-disparities", type=int,
+                   help="SGBM disparity range in pixels, a multiple of 16 (default: derived per frame, "
+                        "fx * baseline / min-depth - doffs rounded up to a multiple of 16)")
+    q.add_argument("--min-depth", type=float,
+                   help="nearest depth in metres the derived range reaches (default "
+                        "0.5, the configs' depth.min_depth); lower searches further and costs more time")
+    q.add_argument("--doffs", type=float, default=0.0,
+                   help="principal-point offset of the right camera in pixels at native width, "
+                        "depth = fx * baseline / (disparity + doffs) (Middlebury's doffs; default 0)")
     q.add_argument("--block-size", type=int, default=5, help="SGBM block size (odd)")
     q.add_argument("--max-lr-diff", type=float, default=1.0, help="left-right check tolerance in pixels")
     q.add_argument("--compare", action="store_true",
