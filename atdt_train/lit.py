@@ -18,7 +18,7 @@ from atdt_ros.classmap import UNLABELED
 from atdt_ros.files import atomic_path
 
 from .config import Experiment
-from .models import DECODER_WIDTHS, Encoder, TaskNet, TransferNet, transfer_features
+from .models import DECODER_WIDTHS, Encoder, TaskNet, TransferNet
 
 
 class NonFiniteLossError(RuntimeError):
@@ -246,7 +246,7 @@ class TransferModule(_StageModule):
         feature_loss = F.mse_loss(mapped.float(), f2.float())  # Eq. 3
         loss = feature_loss
         if self.d2 is not None:
-            output = transfer_features(lambda f: f, self.d2, mapped, (x.shape[-2], x.shape[-1]))
+            output = self.d2(mapped, (x.shape[-2], x.shape[-1]))  # Eq. 4 after G: D2(G(E1(x)))
             through_d2 = task_loss(self.task2, output, batch, self.focal_ref, self.class_weight)
             loss = feature_loss + self.task_weight * through_d2
             self.log("eq3", feature_loss)

@@ -23,6 +23,7 @@ import yaml
 import chain_helpers
 
 from atdt_ros.interface import NODE_NAME  # noqa: E402
+from atdt_ros.imgproc import SKY_ID  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NS = "/atdt_test"
@@ -154,9 +155,6 @@ def chain(tmp_path_factory) -> Path:
     return chain_helpers.exported_chain(tmp_path_factory)
 
 
-SKY = 10  # atdt_ros.classmap: sky
-
-
 @pytest.fixture(scope="module")
 def running(chain, tmp_path_factory):
     """The node (backend torch, reliable input, from the YAML file) and a connected client."""
@@ -232,7 +230,7 @@ def test_outputs_equal_the_exported_chain_with_the_input_header(running) -> None
 
     exp_depth, exp_labels = _expected(chain, rgb)
     exp_depth[~(exp_depth > 0)] = np.nan  # REP 118: no reading
-    exp_depth[_image_array(sem_msg) == SKY] = np.inf  # depth_sky: inf (REP 117: too far)
+    exp_depth[_image_array(sem_msg) == SKY_ID] = np.inf  # depth_sky: inf (REP 117: too far)
     depth = _image_array(depth_msg)
     assert np.isfinite(exp_depth).mean() > 0.5  # the comparison covers real values
     # float rounding only (thread count, normalisation order): the artifact's parity tolerance

@@ -10,6 +10,7 @@ import pytest
 
 import chain_helpers
 from test_node import Client, _expected, _frame, _image_array, _params_file, _start, _stop
+from atdt_ros.imgproc import SKY_ID
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_compiled_node_publishes_the_chain_outputs(chain, tmp_path) -> None:
                            and client.got["diag"] and int(client.diagnostics()["processed"]) >= 1)
         exp_depth, exp_labels = _expected(chain, rgb)
         exp_depth[~(exp_depth > 0)] = np.nan
-        exp_depth[_image_array(client.got["semantic"][-1]) == 10] = np.inf  # depth_sky: inf
+        exp_depth[_image_array(client.got["semantic"][-1]) == SKY_ID] = np.inf  # depth_sky: inf
         tol = json.loads((chain / "metadata.json").read_text())["parity_tolerance"]
         np.testing.assert_allclose(_image_array(client.got["depth"][-1]), exp_depth, rtol=0,
                                    atol=tol["depth_max_abs"], equal_nan=True)
