@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "atdt_train.sim.command",      # simulate
     "atdt_train.data.commands",    # filelist, proxy-depth
     "atdt_train.run",              # run, stage, evaluate
+    "atdt_train.suite",            # suite
     "atdt_train.export",           # export
     "atdt_train.bag",              # make-bag
     "atdt_train.demo",             # demo

@@ -225,6 +225,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     elif tp is list:
         if isinstance(value, list):
             return value
+    elif tp is dict:
+        if isinstance(value, dict):
+            return value
     else:  # pragma: no cover - schema error
         raise TypeError(f"unsupported schema type {tp} at {key}")
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
@@ -248,6 +251,12 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{key}: missing required key")
     return cls(**kwargs)
+
+
+def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
+    """A dataclass from plain data (a parsed YAML mapping), by the same rules as experiments:
+    unknown keys, missing keys and wrong types are ``ConfigError``s naming the key."""
+    return _build(cls, data, prefix)
 
 
 def _validate(exp: Experiment) -> None:

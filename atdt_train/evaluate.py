@@ -197,7 +197,8 @@ def evaluate_domain(exp: Experiment, domain: str, nets: dict[str, nn.Module], de
     return result, samples
 
 
-def _training_summary(exp: Experiment) -> dict[str, Any]:
+def training_summary(exp: Experiment) -> dict[str, Any]:
+    """``done.json`` of every finished training stage (what results.json records as ``training``)."""
     summary = {}
     for name in training_stages(exp):
         done = stage_dir(exp, name) / "done.json"
@@ -241,7 +242,7 @@ def evaluate_experiment(exp: Experiment) -> dict[str, Any]:
         "task2": exp.task2,
         "focal_ref": focal_ref,
         "config": exp.to_dict(),
-        "training": _training_summary(exp),
+        "training": training_summary(exp),
         "domains": {},
     }
     out = exp.output_dir

@@ -300,6 +300,24 @@ class TaskNet(nn.Module):
         return keys + [f"decoder.{k}" for k in self.decoder.load_imagenet(path)]
 
 
+def resplit_state_dict(state: dict[str, torch.Tensor], from_level: int, to_level: int) -> dict[str, torch.Tensor]:
+    """A TaskNet's weights, trained split after residual stage ``from_level``, renamed for a split
+    after ``to_level``: ``encoder.layerK`` and ``decoder.layerK`` trade places, no value changes.
+
+    N = D∘E is the same network wherever it is cut, so one trained N1 and N2 serve every feature
+    level of Fig. 4; only G (which maps E1's output) depends on the level.
+    """
+    check_choice("feature_level", from_level, FEATURE_LEVELS)
+    check_choice("feature_level", to_level, FEATURE_LEVELS)
+    out = {}
+    for key, value in state.items():
+        part, _, rest = key.partition(".")
+        if part in ("encoder", "decoder") and rest[:5] == "layer" and rest[5:6].isdigit():
+            part = "encoder" if int(rest[5]) <= to_level else "decoder"
+        out[f"{part}.{rest}" if rest else part] = value
+    return out
+
+
 class TransferNet(nn.Module):
     """G: E1 features -> E2 features, down to 1/4 of the input resolution and back (Sec. 4)."""
 

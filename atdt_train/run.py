@@ -53,7 +53,8 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_evaluate)
 
 
-def _guarded(fn):
+def guarded(fn):
+    """A command function whose expected errors (config, files, data) print one line and exit 2."""
     def wrapper(args: argparse.Namespace) -> int:
         from .lit import NonFiniteLossError
 
@@ -75,7 +76,7 @@ def _guarded(fn):
     return wrapper
 
 
-@_guarded
+@guarded
 def _cmd_run(args: argparse.Namespace) -> int:
     exp = load_experiment(args.experiment, args.overrides)
     results = run_experiment(exp)
@@ -84,7 +85,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
+@guarded
 def _cmd_stage(args: argparse.Namespace) -> int:
     exp = load_experiment(args.experiment, args.overrides)
     save_experiment_copy(exp)
@@ -113,7 +114,7 @@ def _evaluate(exp: Experiment) -> int:
     return 0
 
 
-@_guarded
+@guarded
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     exp = load_experiment(args.experiment, args.overrides)
     return _evaluate(exp)

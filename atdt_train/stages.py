@@ -14,12 +14,13 @@ when both exist). Single CPU, GPU and DDP (torchrun, SLURM, or ``strategy: ddp``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from atdt_ros.files import atomic_path, atomic_write
 
@@ -283,13 +284,15 @@ def load_weights(path: Path) -> dict[str, Any]:
 
 def load_task_net(exp: Experiment, name: str) -> "TaskNet":
     """The trained task network of stage ``name`` (n1, n1_A, n1_B, n2, oracle), in eval mode."""
-    from .models import FULL_RESOLUTION_WIDTHS, TaskNet
+    from .models import FULL_RESOLUTION_WIDTHS, TaskNet, resplit_state_dict
 
     record = load_weights(weights_path(exp, name))
     # records written before decoder widths were configurable hold the full-resolution decoder
     widths = tuple(record.get("decoder_widths", FULL_RESOLUTION_WIDTHS))
-    net = TaskNet(record["task"], record["depth"], record["norm"], record["feature_level"], widths)
-    net.load_state_dict(record["state_dict"])
+    # cut where the experiment transfers (Fig. 4: one N serves every feature level)
+    level = exp.model.feature_level
+    net = TaskNet(record["task"], record["depth"], record["norm"], level, widths)
+    net.load_state_dict(resplit_state_dict(record["state_dict"], record["feature_level"], level))
     return net.eval()
 
 
@@ -324,22 +327,51 @@ def train_stage(exp: Experiment, name: str) -> dict[str, Any]:
     """Train one stage to completion (resuming from ``last.ckpt``), or skip it when done."""
     import warnings
 
-    import lightning as L
-    from lightning.pytorch.callbacks import Callback
-
-    from .lit import TaskModule, TransferModule
-
     # E1 and E2 stay in eval mode on purpose while G trains
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     # resuming mid-epoch restarts the shuffled loader: harmless for step-based training
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
 
-    if is_done(exp, name):
-        log.info("stage %s: done already (%s), skipped", name, stage_dir(exp, name))
-        return json.loads((stage_dir(exp, name) / "done.json").read_text())
-    task, domains, steps = stage_spec(exp, name)
     folder = stage_dir(exp, name)
     folder.mkdir(parents=True, exist_ok=True)
+    with stage_lock(folder):
+        return _train_stage(exp, name, folder)
+
+
+@contextlib.contextmanager
+def stage_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder/.lock`` while a stage trains, so that two processes given the same stage (two
+    ``run``s, or suite rows sharing it) train it once: the second waits, then finds it done.
+
+    Only the rank-zero process locks: DDP ranks train one stage together.
+    """
+    import fcntl
+
+    if global_rank() != 0:
+        yield
+        return
+    with open(folder / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("stage %s: another process is training it (%s); waiting for it", folder.name, folder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _train_stage(exp: Experiment, name: str, folder: Path) -> dict[str, Any]:
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    from .lit import TaskModule, TransferModule
+
+    if is_done(exp, name):
+        log.info("stage %s: done already (%s), skipped", name, folder)
+        return json.loads((folder / "done.json").read_text())
+    task, domains, steps = stage_spec(exp, name)
     configure_threads(exp)
     adapt_to_machine(exp)
     L.seed_everything(exp.seed, workers=True, verbose=False)

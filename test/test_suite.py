@@ -1,0 +1,139 @@
+"""The ``suite`` command: rows that share networks, feature levels cut one trained N, a resumable
+run, the paper-layout report; on the tiny domains of test_stages.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from atdt_train.cli import main
+from atdt_train.config import ConfigError, experiment_from_dict
+from atdt_train.models import TaskNet, resplit_state_dict
+from atdt_train.suite import load_suite, share_plan, stage_key
+from test_stages import domains, experiment, write_yaml  # noqa: F401  (domains is a fixture)
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_one_trained_network_cut_at_any_level_computes_the_same(level):
+    torch.manual_seed(0)
+    whole = TaskNet("semantic", 18, "batch", 4, (16, 8)).eval()
+    cut = TaskNet("semantic", 18, "batch", level, (16, 8)).eval()
+    cut.load_state_dict(resplit_state_dict(whole.state_dict(), 4, level))
+    x = torch.randn(1, 3, 32, 64)
+    with torch.no_grad():
+        assert torch.equal(cut(x), whole(x))
+        features = cut.encoder(x)
+    assert features.shape[1] == {1: 64, 2: 128, 3: 256}[level]
+    assert not any(k.startswith(f"encoder.layer{level + 1}") for k in cut.state_dict())
+    # and back: level -> 4 restores the original names exactly
+    assert resplit_state_dict(cut.state_dict(), level, 4).keys() == whole.state_dict().keys()
+
+
+def test_stage_keys_change_with_what_a_stage_is_trained_with(domains, tmp_path):
+    def exp(**sections):
+        return experiment_from_dict(experiment(domains, tmp_path / "x", **sections))
+
+    base = exp()
+    level3 = exp(model={"depth": 18, "feature_level": 3, "norm": "batch", "transfer_hidden": 32})
+    seed1 = exp(seed=1)
+    task_loss = exp(transfer={"task_loss": 1.0})
+    for stage in ("n1", "n2", "oracle"):
+        assert stage_key(level3, stage) == stage_key(base, stage)
+        assert stage_key(task_loss, stage) == stage_key(base, stage)
+        assert stage_key(seed1, stage) != stage_key(base, stage)
+    for other in (level3, seed1, task_loss):
+        assert stage_key(other, "g") != stage_key(base, "g")
+    more_n1 = experiment_from_dict(experiment(domains, tmp_path / "x"), ["steps.n1=3"])
+    assert stage_key(more_n1, "n1") != stage_key(base, "n1")
+    assert stage_key(more_n1, "n2") == stage_key(base, "n2")
+    assert stage_key(more_n1, "g") != stage_key(base, "g")  # G is trained on that N1
+
+
+def _suite_file(domains, root: Path) -> str:
+    exp_path = write_yaml(root / "exp.yaml", experiment(domains, root / "unused"))
+    suite = {
+        "name": "tiny_suite",
+        "out_dir": str(root / "suite"),
+        "report": str(root / "docs" / "paper.md"),
+        "rows": {
+            "base": {"experiment": exp_path},
+            "level3": {"experiment": exp_path, "set": ["model.feature_level=3"]},
+        },
+        "sections": [
+            {"kind": "methods", "title": "Tab. 1", "row": "base",
+             "paper": {"setting": "Synthia→Cityscapes", "baseline": 7.72, "atdt": 23.24, "oracle": 68.02}},
+            {"kind": "levels", "title": "Fig. 4", "rows": {3: "level3", 4: "base"},
+             "paper": {"A": {"miou": "decreases", "accuracy": "flat"}, "B": {"miou": "increases"}}},
+        ],
+    }
+    return write_yaml(root / "suite.yaml", suite)
+
+
+def test_suite_shares_networks_resumes_and_writes_the_paper_layout(domains, tmp_path, caplog):
+    path = _suite_file(domains, tmp_path)
+    caplog.set_level(logging.INFO)
+    assert main(["suite", path]) == 0
+    base, level3 = tmp_path / "suite" / "base", tmp_path / "suite" / "level3"
+    for stage in ("n1", "n2", "oracle"):  # shared: a link to the base row's folder, trained once
+        link = level3 / "stages" / stage
+        assert link.is_symlink() and link.resolve() == (base / "stages" / stage).resolve()
+    g3, g4 = (torch.load(r / "stages" / "g" / "weights.pt", weights_only=True) for r in (level3, base))
+    assert not (level3 / "stages" / "g").is_symlink()
+    assert g3["channels"] == 256 and g4["channels"] == 512  # layer3 vs layer4 of ResNet-18
+    r3, r4 = (json.loads((r / "results.json").read_text()) for r in (level3, base))
+    # same N2 and Oracle: the rows that do not involve G agree exactly; AT/DT differs
+    for method in ("baseline", "oracle"):
+        assert r3["domains"]["B"]["task2"][method] == r4["domains"]["B"]["task2"][method]
+    assert r3["domains"]["B"]["task2"]["atdt"] != r4["domains"]["B"]["task2"]["atdt"]
+
+    report = (tmp_path / "docs" / "paper.md").read_text()
+    assert report == (tmp_path / "suite" / "report.md").read_text()
+    assert "## Tab. 1" in report and "| paper, Synthia→Cityscapes | 7.7 | 23.2 | 68.0 | 25.7 % | yes |" in report
+    miou_b = {lv: 100 * r["domains"]["B"]["task2"]["atdt"]["miou"] for lv, r in ((3, r3), (4, r4))}
+    assert f"| mIoU on B | {miou_b[4] - miou_b[3]:+.1f} | increases |" in report
+    assert "| 3 | 256 ch at 1/16 |" in report and "| 4 | 512 ch at 1/16 |" in report
+    assert (tmp_path / "docs" / "paper_levels_1.png").stat().st_size > 1000
+    assert "| level3 |" in report and "n1 ← base" in report
+
+    caplog.clear()  # a second run trains and evaluates nothing
+    mtime = (base / "results.json").stat().st_mtime_ns
+    assert main(["suite", path]) == 0
+    assert sum("results are current" in r.getMessage() for r in caplog.records) == 2
+    assert (base / "results.json").stat().st_mtime_ns == mtime
+
+
+def test_suite_file_errors_name_the_key(domains, tmp_path, caplog):
+    path = Path(_suite_file(domains, tmp_path))
+    data = yaml.safe_load(path.read_text())
+    data["sections"][1]["rows"][5] = "base"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"sections\[1\].rows: feature level 5 is not one of 1, 2, 3, 4"):
+        load_suite(path)
+    data["sections"][1]["rows"] = {3: "nope"}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"row 'nope' is not in rows; accepted: base, level3"):
+        load_suite(path)
+    data["rows"]["base"]["extra"] = 1
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"rows.base.extra: unknown key"):
+        load_suite(path)
+    assert main(["suite", str(path)]) == 2
+    assert main(["suite", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_share_plan_of_the_shipped_paper_suite():
+    suite, rows, _ = load_suite("config/suites/paper_sim.yaml")
+    from atdt_train.suite import row_experiment
+
+    plan = share_plan({n: row_experiment(suite, n, r) for n, r in rows.items()})
+    for level in (1, 2, 3):
+        assert {s: plan.get((f"dep2sem_level{level}", s)) for s in ("n1", "n2", "g", "oracle")} == \
+            {"n1": "dep2sem", "n2": "dep2sem", "g": None, "oracle": "dep2sem"}
+    assert plan.get(("dep2sem_separate_n1", "n2")) == "dep2sem"
+    assert not any(row == "dep2sem_no_norm" for row, _ in plan)  # no normalisation: nothing in common
+    assert not any(row == "sem2dep" for row, _ in plan)
