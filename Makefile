@@ -22,7 +22,11 @@ $(VENV)/.stamp-requirements: requirements.txt requirements-vehicle.txt $(VENV)/.
 	$(PIP) install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.stamp-msgs: $(VENV)/.stamp-requirements $(wildcard msg/msg/*.msg) msg/CMakeLists.txt msg/package.xml msg/build_into_venv.sh
+# msg/: atdt_msgs, and the vision_msgs subset (LabelInfo, VisionClass) the pip venv lacks
+MSG_SOURCES := $(wildcard msg/msg/*.msg) msg/CMakeLists.txt msg/package.xml \
+	$(wildcard msg/vision_msgs/msg/*.msg) msg/vision_msgs/CMakeLists.txt msg/vision_msgs/package.xml
+
+$(VENV)/.stamp-msgs: $(VENV)/.stamp-requirements $(MSG_SOURCES) msg/build_into_venv.sh
 	bash msg/build_into_venv.sh $(VENV)
 	touch $@
 

