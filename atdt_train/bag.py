@@ -5,15 +5,18 @@ standard messages) written with the ``rosbags`` library, so ``ros2 bag play`` re
 install. Per frame, all four topics carry the same header stamp (frame i at start + i / rate):
 
 - ``/camera/image_raw``      sensor_msgs/Image rgb8
-- ``/camera/camera_info``    sensor_msgs/CameraInfo (fx from the dataset, fy = fx, centred
-  principal point, no distortion: the frames are rectified)
+- ``/camera/camera_info``    sensor_msgs/CameraInfo: the dataset's own calibration (fx, fy, cx, cy,
+  rescaled with ``--size``) as K and P (REP 104; P = [K | 0], R = I, no distortion: the frames are
+  rectified); where the dataset gives only fx, fy = fx and the principal point is the centre
 - ``/ground_truth/depth``    sensor_msgs/Image 32FC1 metres, NaN where the ground truth is invalid
   (REP 118's "no reading" for float depth)
 - ``/ground_truth/semantic`` sensor_msgs/Image mono8 AT/DT class ids, 255 = unlabeled
 
 Frames are decoded by ``atdt_train.data`` (decoders by dataset kind) and, with ``--size``, resized
 with the same policy as training and offline evaluation (``FrameDataset``), so a replay of the bag
-scores the node on exactly the pixels ``atdt_train evaluate`` would score.
+scores the node on exactly the pixels ``atdt_train evaluate`` would score. Headers carry
+``--frame-id`` (default ``camera_optical_frame``: REP 103's optical frame, z forward, x right, y
+down, the frame depth and pixels are expressed in).
 """
 
 from __future__ import annotations
@@ -43,16 +46,31 @@ DEFAULT_START_NS: int = 1_700_000_000 * 10**9
 """Stamp of the first frame (a fixed instant, so that a bag is reproducible byte for byte)."""
 BAG_VERSION = 9
 """rosbag2 metadata version written (the one ROS 2 Jazzy and Kilted write)."""
+DEFAULT_FRAME_ID = "camera_optical_frame"
+"""Header frame_id of every message: the camera's optical frame (REP 103: z forward, x right, y down)."""
 
 
 @dataclass(frozen=True)
 class BagFrame:
-    """One frame to write: RGB uint8 (H,W,3), class ids uint8 (H,W), depth float32 metres (0 = invalid), fx in pixels."""
+    """One frame to write: RGB uint8 (H,W,3), class ids uint8 (H,W), depth float32 metres (0 =
+    invalid) and the camera's intrinsics in pixels at this size (fy None: fy = fx; cx / cy None:
+    the image centre, (W - 1) / 2 and (H - 1) / 2)."""
 
     rgb: np.ndarray
     semantic: np.ndarray
     depth: np.ndarray
     fx: float
+    fy: float | None = None
+    cx: float | None = None
+    cy: float | None = None
+
+    def camera_matrix(self) -> np.ndarray:
+        """K (3x3) of the frame: [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]."""
+        height, width = self.rgb.shape[:2]
+        fy = self.fx if self.fy is None else self.fy
+        cx = (width - 1) / 2.0 if self.cx is None else self.cx
+        cy = (height - 1) / 2.0 if self.cy is None else self.cy
+        return np.array([[self.fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -104,13 +122,14 @@ class _MessageFactory:
         return self.Image(header=self.header(stamp_ns), height=height, width=width, encoding=encoding,
                           is_bigendian=0, step=step, data=data)
 
-    def camera_info(self, stamp_ns: int, height: int, width: int, fx: float):
-        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-        k = np.array([fx, 0, cx, 0, fx, cy, 0, 0, 1], dtype=np.float64)
-        p = np.array([fx, 0, cx, 0, 0, fx, cy, 0, 0, 0, 1, 0], dtype=np.float64)
+    def camera_info(self, stamp_ns: int, height: int, width: int, k: np.ndarray):
+        """A rectified camera (REP 104): K as given, R = I, P = [K | 0] (a monocular camera, or
+        the left one of a pair: no Tx), zero plumb_bob distortion, full resolution."""
+        p = np.hstack([k, np.zeros((3, 1))])
         return self.CameraInfo(
             header=self.header(stamp_ns), height=height, width=width, distortion_model="plumb_bob",
-            d=np.zeros(5, dtype=np.float64), k=k, r=np.eye(3, dtype=np.float64).reshape(-1), p=p,
+            d=np.zeros(5, dtype=np.float64), k=k.reshape(-1).copy(), r=np.eye(3, dtype=np.float64).reshape(-1),
+            p=p.reshape(-1),
             binning_x=0, binning_y=0,
             roi=self.Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
 
@@ -124,8 +143,13 @@ def _check_frame(i: int, frame: BagFrame) -> tuple[int, int]:
         raise ValueError(f"frame {i}: semantic must be uint8 {hw}, got {sem.dtype}{sem.shape}")
     if depth.shape != hw:
         raise ValueError(f"frame {i}: depth must be {hw}, got {depth.shape}")
-    if not (frame.fx > 0 and np.isfinite(frame.fx)):
-        raise ValueError(f"frame {i}: fx must be a positive number of pixels, got {frame.fx}")
+    given = {"fx": frame.fx, **{k: v for k, v in (("fy", frame.fy), ("cx", frame.cx), ("cy", frame.cy))
+                                if v is not None}}
+    for name, value in given.items():
+        positive = name in ("fx", "fy")
+        if value is None or not np.isfinite(value) or (positive and not value > 0):
+            raise ValueError(f"frame {i}: {name} must be a {'positive' if positive else 'finite'} "
+                             f"number of pixels, got {value}")
     return hw
 
 
@@ -152,7 +176,7 @@ def offered_qos() -> tuple[list, list]:
 
 
 def write_bag(frames: Iterable[BagFrame], out: str | os.PathLike, *, storage: str = "mcap",
-              rate_hz: float = 10.0, frame_id: str = "camera", start_ns: int = DEFAULT_START_NS,
+              rate_hz: float = 10.0, frame_id: str = DEFAULT_FRAME_ID, start_ns: int = DEFAULT_START_NS,
               progress: bool = False, total: int | None = None) -> BagSummary:
     """Write ``frames`` as a rosbag2 directory at ``out`` (which must not exist), atomically."""
     from rosbags.rosbag2 import StoragePlugin, Writer
@@ -161,6 +185,8 @@ def write_bag(frames: Iterable[BagFrame], out: str | os.PathLike, *, storage: st
         raise ValueError(f"unknown storage {storage!r}; accepted: {', '.join(STORAGES)}")
     if not rate_hz > 0:
         raise ValueError(f"rate must be positive (Hz), got {rate_hz}")
+    if not frame_id:
+        raise ValueError("frame_id must not be empty (e.g. camera_optical_frame)")
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists already; remove it or choose another --out")
@@ -200,7 +226,7 @@ def write_bag(frames: Iterable[BagFrame], out: str | os.PathLike, *, storage: st
                 stamp = stamp_of(i, rate_hz, start_ns)
                 h, w = hw
                 messages = (
-                    (CAMERA_INFO_TOPIC, make.camera_info(stamp, h, w, frame.fx), make.CameraInfo),
+                    (CAMERA_INFO_TOPIC, make.camera_info(stamp, h, w, frame.camera_matrix()), make.CameraInfo),
                     (IMAGE_TOPIC, make.image(stamp, frame.rgb, "rgb8"), make.Image),
                     (DEPTH_TOPIC, make.image(stamp, depth_to_32fc1(frame.depth), "32FC1"), make.Image),
                     (SEMANTIC_TOPIC, make.image(stamp, frame.semantic, "mono8"), make.Image),
@@ -221,16 +247,22 @@ def write_bag(frames: Iterable[BagFrame], out: str | os.PathLike, *, storage: st
 def dataset_frames(filelist: str | os.PathLike, kind: str | None = None,
                    size: tuple[int, int] | None = None, fx: float | None = None,
                    limit: int | None = None) -> tuple[int, Iterator[BagFrame]]:
-    """(frame count, lazy frames) of a filelist decoded by kind, resized like ``FrameDataset``."""
+    """(frame count, lazy frames) of a filelist decoded by kind, resized like ``FrameDataset``,
+    each with the camera's intrinsics as the dataset reader gives them at the frame's size."""
     from atdt_train.data import FrameDataset
 
     dataset = FrameDataset(filelist, kind=kind, size=size, fx=fx)
     n = len(dataset) if limit is None else min(limit, len(dataset))
 
     def frames() -> Iterator[BagFrame]:
+        warned = False
         for i in range(n):
-            rgb, semantic, depth, focal = dataset.load(i)
-            yield BagFrame(rgb, semantic, depth, focal)
+            rgb, semantic, depth, cam = dataset.load_calibrated(i)
+            if not cam.measured and not warned:
+                log.warning("%s: the %s dataset gives fx only; camera_info assumes fy = fx and the "
+                            "principal point at the image centre", dataset.source, dataset.kind)
+                warned = True
+            yield BagFrame(rgb, semantic, depth, cam.fx, cam.fy, cam.cx, cam.cy)
 
     return n, frames()
 
@@ -265,7 +297,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=positive_float, default=10.0, help="frame rate of the stamps, Hz (default 10)")
     p.add_argument("--size", type=parse_size, default=None,
                    help="resize every frame to HxW (as training/evaluation do); default: native size")
-    p.add_argument("--frame-id", default="camera", help="header frame_id (default camera)")
+    p.add_argument("--frame-id", default=DEFAULT_FRAME_ID,
+                   help=f"header frame_id of every message (default {DEFAULT_FRAME_ID}, the camera's optical frame)")
     p.add_argument("--fx", type=positive_float, default=None,
                    help="focal length in pixels at native width, for datasets that give no camera")
     p.add_argument("--limit", type=positive_int, default=None, help="write at most this many frames")

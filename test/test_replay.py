@@ -167,10 +167,28 @@ def test_missing_camera_topic_and_missing_bag_are_named(tmp_path, setup, caplog)
     from atdt_ros.replay import main
 
     assert main(["--bag", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--timeout", "1"]) == 1
-    assert "nothing is not a rosbag2 directory" in caplog.text
+    assert "nothing does not exist (accepted: a rosbag2 directory" in caplog.text
     assert main(["--bag", str(setup["bag"]), "--out", str(tmp_path / "o"), "--image-topic", "/cam/none",
                  "--timeout", "1"]) == 1
     assert "no camera topic /cam/none" in caplog.text and "/camera/image_raw (sensor_msgs/msg/Image)" in caplog.text
+
+
+def test_a_bare_mcap_replays_like_its_bag_directory(setup, tmp_path) -> None:
+    """The bag's .mcap alone (no metadata.yaml), as rosbag2 plays it: same frames, same scores."""
+    import shutil
+
+    (mcap,) = Path(setup["bag"]).glob("*.mcap")
+    bare = tmp_path / "recorded.mcap"
+    shutil.copy(mcap, bare)
+    runs = {}
+    for name, bag in (("directory", setup["bag"]), ("bare", bare)):
+        runs[name] = replay(ReplayOptions(bag=str(bag), out=str(tmp_path / name), mode="accuracy",
+                                          namespace=NAMESPACE, timeout=60, limit=3, progress=False))
+    frames = runs["bare"]["frames"]
+    assert (frames["in_bag"], frames["published"], frames["answered"], frames["scored"]) == (6, 3, 3, 3)
+    assert runs["bare"]["bag"] == str(bare)
+    assert runs["bare"]["semantic"]["miou"] == pytest.approx(runs["directory"]["semantic"]["miou"], abs=1e-9)
+    assert runs["bare"]["depth"]["abs_rel"] == pytest.approx(runs["directory"]["depth"]["abs_rel"], abs=1e-9)
 
 
 def test_the_depth_range_comes_from_the_chain_unless_given(tmp_path_factory) -> None:

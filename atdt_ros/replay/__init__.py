@@ -1,6 +1,7 @@
 """``atdt_replay``: play a rosbag's camera into the running perception node and score its outputs.
 
-The bag (rosbag2, mcap or sqlite3, as written by ``atdt_train make-bag``) is read with ``rosbags``
+The bag (rosbag2, mcap or sqlite3, as written by ``atdt_train make-bag``, or a bare .mcap file
+without metadata.yaml, as ``ros2 bag record`` leaves them) is read with ``rosbags``
 and its camera topic published over DDS to the node (real rclpy). The node's ``~/depth`` and
 ``~/semantic`` outputs are matched to the bag's ground truth by header stamp and scored with the
 same metrics as offline evaluation (:mod:`atdt_ros.metrics`).

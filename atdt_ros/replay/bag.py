@@ -1,4 +1,5 @@
-"""Reading the bag: camera frames and ground truth from a rosbag2 (mcap or sqlite3), decoded."""
+"""Reading the bag: camera frames and ground truth from a rosbag2 (mcap or sqlite3) or a bare
+.mcap file, decoded."""
 
 from __future__ import annotations
 
@@ -50,22 +51,67 @@ def rgb_of(msg: Any) -> np.ndarray:
     return np.ascontiguousarray(pixels[:, :, list(RGB_ORDER[msg.encoding])])
 
 
+ACCEPTED = ("a rosbag2 directory (metadata.yaml with its .mcap or .db3 files), a .mcap file, or a "
+            "directory holding one .mcap file and no metadata.yaml")
+"""What ``--bag`` accepts, as rosbag2 itself opens bags."""
+
+
+def resolve_bag(path: str | os.PathLike) -> tuple[str, Path]:
+    """("rosbag2", directory) for a bag with metadata.yaml, ("mcap", file) for a bare .mcap file or
+    a directory holding exactly one .mcap file and no metadata.yaml (the storage's own schemas and
+    channels then say the topics and types, as ``ros2 bag play`` reads such a file)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "metadata.yaml").is_file():
+            return "rosbag2", path
+        mcaps = sorted(p for p in path.iterdir() if p.suffix == ".mcap" and p.is_file())
+        if len(mcaps) == 1:
+            return "mcap", mcaps[0]
+        if mcaps:
+            raise ReplayError(f"{path} has no metadata.yaml and holds {len(mcaps)} .mcap files "
+                              f"({', '.join(p.name for p in mcaps[:5])}); pass one of them as --bag, or "
+                              f"write the bag's metadata.yaml with `ros2 bag reindex` (accepted: {ACCEPTED})")
+        raise ReplayError(f"{path} is not a rosbag2 directory (no metadata.yaml) and holds no .mcap file "
+                          f"(accepted: {ACCEPTED})")
+    if path.is_file():
+        if path.suffix == ".mcap":
+            return "mcap", path
+        raise ReplayError(f"{path} is not a bag (accepted: {ACCEPTED})")
+    raise ReplayError(f"bag {path} does not exist (accepted: {ACCEPTED})")
+
+
+def _open_reader(path: str | os.PathLike) -> tuple[Path, Any]:
+    """The bag's path and an open rosbags reader (rosbag2 directory or bare mcap file)."""
+    try:
+        from rosbags.rosbag2 import Reader
+        from rosbags.rosbag2.storage_mcap import McapReader
+    except ImportError as exc:  # vehicle installs may leave rosbags out
+        raise ReplayError("reading bags needs the 'rosbags' package (pip install rosbags)") from exc
+    kind, found = resolve_bag(path)
+    reader = Reader(found) if kind == "rosbag2" else McapReader(found)
+    try:
+        reader.open()
+    except Exception as exc:  # rosbags raises its own error types
+        what = "bag" if kind == "rosbag2" else "MCAP file"
+        raise ReplayError(f"cannot open {what} {found}: {exc} (accepted: {ACCEPTED})") from exc
+    return found, reader
+
+
 class BagSource:
-    """The camera, camera_info and ground-truth messages of a rosbag2, in recorded order."""
+    """The camera, camera_info and ground-truth messages of a rosbag2, in recorded order.
+
+    ``path`` is anything :func:`resolve_bag` accepts; ``self.path`` is the directory or mcap file
+    read."""
 
     def __init__(self, path: str | os.PathLike, topics: dict[str, str]) -> None:
+        self.path, self.reader = _open_reader(path)
         try:
-            from rosbags.rosbag2 import Reader
-        except ImportError as exc:  # vehicle installs may leave rosbags out
-            raise ReplayError("reading bags needs the 'rosbags' package (pip install rosbags)") from exc
-        self.path = Path(path)
-        if not (self.path / "metadata.yaml").is_file():
-            raise ReplayError(f"{self.path} is not a rosbag2 directory (no metadata.yaml)")
-        try:
-            self.reader = Reader(self.path)
-            self.reader.open()
-        except Exception as exc:  # rosbags raises its own error types
-            raise ReplayError(f"cannot open bag {self.path}: {exc}") from exc
+            self._select(topics)
+        except BaseException:
+            self.reader.close()
+            raise
+
+    def _select(self, topics: dict[str, str]) -> None:
         by_topic: dict[str, list[Any]] = {}
         for conn in self.reader.connections:
             by_topic.setdefault(conn.topic, []).append(conn)
@@ -86,6 +132,10 @@ class BagSource:
             wrong = [c.msgtype for c in conns if c.msgtype != expected[role]]
             if wrong:
                 raise ReplayError(f"bag topic {topic} holds {wrong[0]}, expected {expected[role]}")
+            encodings = {getattr(c.ext, "serialization_format", "cdr") for c in conns} - {"cdr"}
+            if encodings:
+                raise ReplayError(f"bag topic {topic} is serialised as {', '.join(sorted(encodings))}; "
+                                  f"accepted: cdr (ROS 2)")
             self.connections[role] = conns
         self.role_of = {c.id: role for role, conns in self.connections.items() for c in conns}
         self.frame_count = sum(c.msgcount for c in self.connections["image"])
@@ -93,7 +143,7 @@ class BagSource:
     def messages(self) -> Iterator[tuple[str, int, bytes]]:
         """(role, bag timestamp ns, raw CDR bytes) in recorded order."""
         conns = [c for cs in self.connections.values() for c in cs]
-        for conn, timestamp, raw in self.reader.messages(connections=conns):
+        for conn, timestamp, raw in self.reader.messages(conns):
             yield self.role_of[conn.id], timestamp, raw
 
     def close(self) -> None:

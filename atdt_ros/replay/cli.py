@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``atdt_replay`` command line."""
     p = argparse.ArgumentParser(prog="atdt_replay", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bag", required=True, help="rosbag2 directory (mcap or sqlite3)")
+    p.add_argument("--bag", required=True,
+                   help="rosbag2 directory (metadata.yaml + mcap or sqlite3), a bare .mcap file, or a "
+                        "directory holding one .mcap file")
     p.add_argument("--mode", choices=MODES, default="accuracy",
                    help="realtime: recorded rate, drops allowed; accuracy: one frame at a time (default)")
     p.add_argument("--out", required=True, help="report directory")

@@ -16,6 +16,8 @@ from .decoders import (
     SYNTHIA_TO_ATDT,
     Camera,
     Decoder,
+    Intrinsics,
+    camera_intrinsics,
     depth_from_png256,
     encode_depth_png256,
     get_decoder,
@@ -35,7 +37,7 @@ _LAZY = {
 
 __all__ = [
     "CARLA_TO_ATDT", "CITYSCAPES_TO_ATDT", "KINDS", "SYNTHIA_TO_ATDT", "Camera", "DatasetError",
-    "Decoder", "Frame", "depth_from_png256", "encode_depth_png256", "get_decoder",
+    "Decoder", "Frame", "Intrinsics", "camera_intrinsics", "depth_from_png256", "encode_depth_png256", "get_decoder",
     "read_filelist", "read_list_kind", "write_filelist", *_LAZY,
 ]
 

@@ -21,7 +21,7 @@ from atdt_ros.artifact import IMAGE_MEAN, IMAGE_STD  # the one definition, share
 from atdt_ros.imgproc import normalise  # the one normalisation, shared with the node
 from atdt_ros.classmap import UNLABELED
 
-from .decoders import Decoder, get_decoder
+from .decoders import Decoder, Intrinsics, camera_intrinsics, get_decoder
 from .filelist import DatasetError, Frame, read_filelist, read_list_kind
 
 log = logging.getLogger(__name__)
@@ -86,13 +86,18 @@ class FrameDataset(Dataset):
         if self.crop and self.size and (self.crop[0] > self.size[0] or self.crop[1] > self.size[1]):
             raise ValueError(f"crop {self.crop} is larger than size {self.size}")
         self.augment = bool(augment)
-        self.cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, float]] | None = {} if cache else None
+        self.cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, Intrinsics]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.frames)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """Decoded and resized frame: RGB uint8 (H,W,3), labels uint8, depth float32, fx in pixels."""
+        rgb, semantic, depth, intrinsics = self.load_calibrated(index)
+        return rgb, semantic, depth, intrinsics.fx
+
+    def load_calibrated(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, Intrinsics]:
+        """``load`` with the camera's full intrinsics (fx, fy, cx, cy) at the returned resolution."""
         if self.cache is not None and index in self.cache:
             return self.cache[index]
         frame = self.frames[index]
@@ -112,11 +117,11 @@ class FrameDataset(Dataset):
         if camera is None:
             raise DatasetError(f"no focal length for {frame.rgb}: the {self.kind} dataset gives no "
                                f"camera for it; pass fx= (pixels at the image's native width)")
-        fx = camera.fx * (width / camera.width if camera.width else 1.0)
+        intrinsics = camera_intrinsics(camera, height, width)
         if self.size is not None and self.size != (height, width):
             rgb, semantic, depth = resize_frame(rgb, semantic, depth, self.size)
-            fx *= self.size[1] / width
-        item = (rgb, semantic, depth, float(fx))
+            intrinsics = intrinsics.resized(*self.size)
+        item = (rgb, semantic, depth, intrinsics)
         if self.cache is not None:
             self.cache[index] = item
         return item

@@ -145,11 +145,54 @@ def encode_depth_png256(depth: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Camera:
-    """What decoding needs from a camera: focal length (pixels, native width) and baseline (m)."""
+    """A frame's camera: focal length (pixels) and baseline (m), which decoding needs, and fy and
+    the principal point (cx, cy) where the dataset gives them (None: not given). All in pixels at
+    the size the camera file describes (``width`` x ``height``; None: the image's own size)."""
 
     fx: float
     baseline: float | None = None
     width: int | None = None
+    fy: float | None = None
+    cx: float | None = None
+    cy: float | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """Pinhole intrinsics (pixels) of an image of ``width`` x ``height``, pixel centres at integer
+    coordinates (OpenCV's and REP 104's K). ``measured``: fy and the principal point came from the
+    dataset; False where they were assumed (fy = fx, principal point at the image centre)."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+    measured: bool = True
+
+    def resized(self, height: int, width: int) -> Intrinsics:
+        """The same camera once the image is resized to ``height`` x ``width``: focal lengths scale,
+        the principal point follows cv2.resize's pixel-centre mapping u' = (u + 0.5) * s - 0.5."""
+        sx, sy = width / self.width, height / self.height
+        return Intrinsics(self.fx * sx, self.fy * sy, (self.cx + 0.5) * sx - 0.5,
+                          (self.cy + 0.5) * sy - 0.5, width, height, self.measured)
+
+
+def camera_intrinsics(camera: Camera, height: int, width: int) -> Intrinsics:
+    """The intrinsics of ``camera`` for its image of ``height`` x ``width`` (the image's native
+    size; a camera file describing another size is rescaled, its height defaulting to the same
+    scale as its width). What the dataset does not give is assumed: fy = fx, principal point at
+    the image centre ((W - 1) / 2, (H - 1) / 2)."""
+    sx = width / camera.width if camera.width else 1.0
+    sy = height / camera.height if camera.height else sx
+    fx = camera.fx * sx
+    fy = (camera.fx if camera.fy is None else camera.fy) * sy
+    cx = (width - 1) / 2.0 if camera.cx is None else (camera.cx + 0.5) * sx - 0.5
+    cy = (height - 1) / 2.0 if camera.cy is None else (camera.cy + 0.5) * sy - 0.5
+    measured = None not in (camera.fy, camera.cx, camera.cy)
+    return Intrinsics(fx, fy, cx, cy, width, height, measured)
 
 
 @lru_cache(maxsize=4096)
@@ -175,6 +218,16 @@ def _number(data: dict, keys: tuple[str, ...], path: Path) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise DatasetError(f"camera file {path}: {'.'.join(keys)} must be a finite number, got {value!r}")
     return float(value)
+
+
+def _optional_number(data: dict, keys: tuple[str, ...], path: Path) -> float | None:
+    """``_number`` where the key is present (and not null), else None."""
+    value: object = data
+    for key in keys:
+        if not isinstance(value, dict) or value.get(key) is None:
+            return None
+        value = value[key]
+    return _number(data, keys, path)
 
 
 class Decoder:
@@ -218,11 +271,12 @@ class SimDecoder(Decoder):
         for candidate in (frame.rgb.parent.parent / "camera.json", frame.rgb.parent / "camera.json"):
             if candidate.is_file():
                 data = _load_json(str(candidate))
-                baseline = data.get("baseline")
+                width_, height_ = (_optional_number(data, (k,), candidate) for k in ("width", "height"))
                 return Camera(
-                    _number(data, ("fx",), candidate),
-                    None if baseline is None else _number(data, ("baseline",), candidate),
-                    int(_number(data, ("width",), candidate)) if "width" in data else None,
+                    _number(data, ("fx",), candidate), _optional_number(data, ("baseline",), candidate),
+                    None if width_ is None else int(width_),
+                    fy=_optional_number(data, ("fy",), candidate), cx=_optional_number(data, ("cx",), candidate),
+                    cy=_optional_number(data, ("cy",), candidate), height=None if height_ is None else int(height_),
                 )
         return super().camera(frame, width)
 
@@ -252,7 +306,7 @@ class CarlaDecoder(Decoder):
     def camera(self, frame: Frame, width: int) -> Camera | None:
         if self.default_fx is not None:
             return super().camera(frame, width)
-        return Camera(width / 2.0, self.default_baseline, width)
+        return Camera(width / 2.0, self.default_baseline, width)  # principal point: the image centre
 
 
 def decode_rgb24_depth(bgr: np.ndarray, far_m: float) -> np.ndarray:
@@ -286,7 +340,10 @@ class CityscapesDecoder(Decoder):
         if path is not None and path.is_file():
             data = _load_json(str(path))
             return Camera(_number(data, ("intrinsic", "fx"), path),
-                          _number(data, ("extrinsic", "baseline"), path), None)
+                          _number(data, ("extrinsic", "baseline"), path), None,
+                          fy=_optional_number(data, ("intrinsic", "fy"), path),
+                          cx=_optional_number(data, ("intrinsic", "u0"), path),
+                          cy=_optional_number(data, ("intrinsic", "v0"), path))
         return super().camera(frame, width)
 
     def depth(self, path: Path, frame: Frame) -> np.ndarray:
