@@ -137,3 +137,34 @@ def test_share_plan_of_the_shipped_paper_suite():
     assert plan.get(("dep2sem_separate_n1", "n2")) == "dep2sem"
     assert not any(row == "dep2sem_no_norm" for row, _ in plan)  # no normalisation: nothing in common
     assert not any(row == "sem2dep" for row, _ in plan)
+
+
+def test_a_stage_held_by_another_process_is_waited_for_then_skipped(domains, tmp_path, caplog):
+    import fcntl
+    import shutil
+    import threading
+
+    from atdt_train.stages import stage_dir, train_stage
+
+    done_exp = experiment_from_dict(experiment(domains, tmp_path / "done"))
+    assert main(["stage", "n2", write_yaml(tmp_path / "done.yaml", experiment(domains, tmp_path / "done"))]) == 0
+    exp = experiment_from_dict(experiment(domains, tmp_path / "waits"))
+    folder = stage_dir(exp, "n2")
+    folder.mkdir(parents=True)
+    caplog.set_level(logging.INFO)
+    with open(folder / ".lock", "a") as other:  # "another process" is training n2
+        fcntl.flock(other, fcntl.LOCK_EX)
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(train_stage(exp, "n2")))
+        worker.start()
+        worker.join(timeout=3)
+        assert worker.is_alive() and not (folder / "done.json").exists()
+        assert any("another process is training it" in r.getMessage() for r in caplog.records)
+        for name in ("weights.pt", "done.json"):  # ... and finishes it
+            shutil.copy(stage_dir(done_exp, "n2") / name, folder / name)
+        fcntl.flock(other, fcntl.LOCK_UN)
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert result == json.loads((stage_dir(done_exp, "n2") / "done.json").read_text())
+    assert not (folder / "checkpoints").exists()  # nothing was trained here
+    assert any("done already" in r.getMessage() for r in caplog.records)
