@@ -17,6 +17,7 @@ import sys
 COMMAND_MODULES: tuple[str, ...] = (
     "atdt_train.sim.command",      # simulate
     "atdt_train.data.commands",    # filelist, proxy-depth
+    "atdt_train.data.pixel_da",    # translate
     "atdt_train.run",              # run, stage, evaluate
     "atdt_train.suite",            # suite
     "atdt_train.export",           # export
