@@ -40,8 +40,10 @@ from .config import ConfigError, Experiment, build_dataclass, load_experiment
 
 log = logging.getLogger(__name__)
 
-SECTION_KINDS: tuple[str, ...] = ("methods", "levels", "compare")
+SECTION_KINDS: tuple[str, ...] = ("methods", "levels", "compare", "da")
 TRENDS: tuple[str, ...] = ("increases", "decreases", "flat")
+DA_METHODS: tuple[str, ...] = ("baseline", "atdt", "da", "atdt_da")
+"""Tab. 3/4's rows (a)-(d)."""
 FLAT_POINTS = 2.0
 """A change of at most this many points (mIoU or Acc, in %) counts as "flat" when a paper trend is
 stated in words (Fig. 4 has no printed numbers)."""
@@ -66,9 +68,12 @@ class Section:
     beside ``paper: {A: {miou: trend, accuracy: trend}, B: ...}`` with trends in words.
     ``compare``: ``rows: {label: row}``, two settings (without, with), AT/DT's mIoU and Acc on A and
     B (Tab. 5 / Tab. 6), beside ``paper: {A: {miou: [without, with], accuracy: [...]}, B: ...}``.
+    ``da``: ``rows: {label: row}``, the same experiment without and with pixel-level DA of B's
+    images (``atdt_train translate``): (a) Baseline, (b) AT/DT, (c) DA, (d) AT/DT + DA on B, laid
+    out like Tab. 3 / Tab. 4, beside ``paper: {baseline, atdt, da, atdt_da}`` (mIoU in %, or Abs Rel).
     """
 
-    kind: Literal["methods", "levels", "compare"]
+    kind: Literal["methods", "levels", "compare", "da"]
     title: str
     row: str | None = None
     rows: dict | None = None
@@ -123,8 +128,12 @@ def _check_section(section: Section, rows: dict[str, Row], where: str) -> None:
         raise ConfigError(f"{where}.row: a 'methods' section needs the row it shows")
     if section.kind != "methods" and not section.rows:
         raise ConfigError(f"{where}.rows: a '{section.kind}' section needs rows ({{label: row}})")
-    if section.kind == "compare" and len(section.rows) != 2:
-        raise ConfigError(f"{where}.rows: a 'compare' section takes two rows (without, with), got {len(section.rows)}")
+    if section.kind in ("compare", "da") and len(section.rows) != 2:
+        raise ConfigError(f"{where}.rows: a '{section.kind}' section takes two rows (without, with), "
+                          f"got {len(section.rows)}")
+    if section.kind == "da" and section.paper and not set(section.paper) <= set(DA_METHODS):
+        raise ConfigError(f"{where}.paper: keys {sorted(set(section.paper) - set(DA_METHODS))} are not "
+                          f"accepted; accepted: {', '.join(DA_METHODS)}")
     if section.kind == "levels":
         for level in section.rows:
             if level not in (1, 2, 3, 4):
@@ -152,8 +161,8 @@ _NOT_TRAINING = ("threads", "checkpoint_every", "log_every", "tensorboard", "pro
 def stage_key(exp: Experiment, stage: str) -> str:
     """A hash of every setting stage ``stage`` of ``exp`` is trained with; equal keys, equal networks.
 
-    Left out: names, output folders, evaluation and logging settings, for every stage; for the
-    task networks also G's settings (``transfer``, ``model.transfer_hidden``), the other stages'
+    Left out: names, output folders, test lists, evaluation and logging settings, for every stage;
+    for the task networks also the domains they are not trained on, G's settings (``transfer``, ``model.transfer_hidden``), the other stages'
     steps and ``model.feature_level`` (where N is cut does not change N).
     """
     from .stages import stage_spec
@@ -165,6 +174,9 @@ def stage_key(exp: Experiment, stage: str) -> str:
     for key in _NOT_TRAINING:
         config["trainer"].pop(key)
     all_steps = config.pop("steps")
+    for spec in config["domains"].values():  # test lists and display names train nothing
+        spec.pop("test")
+        spec.pop("name")
     if task is None:  # G: trained on the N1 and N2 of this experiment
         config["steps"] = {k: all_steps[k] for k in ("n1", "n2", "g")}
     else:
@@ -173,6 +185,7 @@ def stage_key(exp: Experiment, stage: str) -> str:
         config.pop("shared")  # the stage's name says which N1
         for key in ("feature_level", "transfer_hidden"):
             config["model"].pop(key)
+        config["domains"] = {d: config["domains"][d] for d in domains}  # N2 never sees B
         config["task"], config["on"] = task, list(domains)
     text = json.dumps({"stage": stage, "config": config}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -370,6 +383,37 @@ def _compare_section(section: Section, experiments: dict[str, Experiment]) -> li
     return lines
 
 
+def _da_section(section: Section, experiments: dict[str, Experiment]) -> list[str]:
+    """Tab. 3 / Tab. 4: Baseline and AT/DT without (a, b) and with (c, d) pixel-level DA of B."""
+    from .report import depth_table, semantic_table
+
+    without, with_da = (_results(experiments[row]) for row in section.rows.values())
+    if without is None or with_da is None:
+        missing = [row for row, r in zip(section.rows.values(), (without, with_da)) if r is None]
+        return [f"Row(s) {', '.join(missing)} have no results yet."]
+    semantic = without["task2"] == "semantic"
+    b0, b1 = without["domains"]["B"]["task2"], with_da["domains"]["B"]["task2"]
+    rows = {"baseline": b0["baseline"], "atdt": b0["atdt"], "da": b1["baseline"], "atdt_da": b1["atdt"]}
+    da_name = list(section.rows)[1]
+    labels = {"baseline": "(a) Baseline", "atdt": "(b) AT/DT", "da": f"(c) {da_name}",
+              "atdt_da": f"(d) AT/DT + {da_name}"}
+    lines = [f"Rows `{list(section.rows.values())[0]}` (a, b) and `{list(section.rows.values())[1]}` (c, d).", "",
+             *(semantic_table if semantic else depth_table)(rows, labels)]
+    key, scale, sign = ("miou", 100.0, 1.0) if semantic else ("abs_rel", 1.0, -1.0)
+    ours = {k: scale * float(v[key]) for k, v in rows.items()}
+    paper = section.paper or {}
+    metric = "mIoU" if semantic else "Abs Rel (lower is better)"
+    lines += ["", f"| effect on {metric} | ours | paper | agrees |", "|---|---|---|---|"]
+    for a, b, what in (("baseline", "da", "DA vs Baseline"), ("baseline", "atdt", "AT/DT vs Baseline"),
+                       ("da", "atdt_da", "AT/DT + DA vs DA"), ("atdt", "atdt_da", "AT/DT + DA vs AT/DT")):
+        mine = ours[b] - ours[a]
+        theirs = float(paper[b]) - float(paper[a]) if {a, b} <= paper.keys() else math.nan
+        fmt = (lambda v: f"{v:+.1f}") if semantic else (lambda v: f"{v:+.3f}")
+        lines.append(f"| {what} | {fmt(mine)} | {'–' if math.isnan(theirs) else fmt(theirs)} | "
+                     f"{_agrees(sign * mine, sign * theirs)} |")
+    return lines
+
+
 def save_levels_figure(section: Section, experiments: dict[str, Experiment], path: Path) -> Path | None:
     """Fig. 4's two plots (Acc, mIoU against the feature level; A and B), or None without results."""
     import matplotlib
@@ -421,6 +465,8 @@ def render_suite_report(suite: Suite, sections: list[Section], experiments: dict
             stem = Path(suite.report).stem if suite.report else "report"
             figure = save_levels_figure(section, experiments, report_dir / f"{stem}_levels_{i}.png")
             lines += _levels_section(section, experiments, figure)
+        elif section.kind == "da":
+            lines += _da_section(section, experiments)
         else:
             lines += _compare_section(section, experiments)
         if section.note:

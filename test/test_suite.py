@@ -52,6 +52,14 @@ def test_stage_keys_change_with_what_a_stage_is_trained_with(domains, tmp_path):
     assert stage_key(more_n1, "n1") != stage_key(base, "n1")
     assert stage_key(more_n1, "n2") == stage_key(base, "n2")
     assert stage_key(more_n1, "g") != stage_key(base, "g")  # G is trained on that N1
+    # B's images translated (pixel-level DA): N2 never sees B, everything else does
+    other_b = experiment_from_dict(experiment(domains, tmp_path / "x"), [f"domains.B.train={domains['A']['train']}"])
+    assert stage_key(other_b, "n2") == stage_key(base, "n2")
+    for stage in ("n1", "g", "oracle"):
+        assert stage_key(other_b, stage) != stage_key(base, stage)
+    other_test = experiment_from_dict(experiment(domains, tmp_path / "x"), [f"domains.B.test={domains['A']['train']}"])
+    for stage in ("n1", "n2", "g", "oracle"):  # test lists train nothing
+        assert stage_key(other_test, stage) == stage_key(base, stage)
 
 
 def _suite_file(domains, root: Path) -> str:
@@ -137,6 +145,45 @@ def test_share_plan_of_the_shipped_paper_suite():
     assert plan.get(("dep2sem_separate_n1", "n2")) == "dep2sem"
     assert not any(row == "dep2sem_no_norm" for row, _ in plan)  # no normalisation: nothing in common
     assert not any(row == "sem2dep" for row, _ in plan)
+    assert {s: plan.get(("dep2sem_fda", s)) for s in ("n1", "n2", "g", "oracle")} == \
+        {"n1": None, "n2": "dep2sem", "g": None, "oracle": None}
+    assert {s: plan.get(("sem2dep_fda", s)) for s in ("n1", "n2", "g", "oracle")} == \
+        {"n1": None, "n2": "sem2dep", "g": None, "oracle": None}
+
+
+def _results_json(task2: str, values: dict[str, float]) -> dict:
+    """A results.json holding only what a 'da' section reads: B's task-2 rows with known values."""
+    def row(v: float) -> dict:
+        if task2 == "semantic":
+            return {"miou": v, "accuracy": v + 0.1, "iou": [v] * 11}
+        return {"abs_rel": v, "sq_rel": v, "rmse": v, "rmse_log": v, "delta1": v, "delta2": v, "delta3": v}
+    return {"task2": task2, "domains": {"B": {"task2": {k: row(v) for k, v in values.items()}}}}
+
+
+@pytest.mark.parametrize("task2", ["semantic", "depth"])
+def test_da_section_lays_out_tab3_with_known_values(tmp_path, task2):
+    from atdt_train.suite import Section, Suite, render_suite_report
+
+    exps = {}
+    for name, values in (("plain", {"baseline": 0.30, "atdt": 0.40}), ("fda", {"baseline": 0.35, "atdt": 0.38})):
+        exp = experiment_from_dict({**experiment({d: {"train": "t.txt", "test": "t.txt"} for d in "AB"}, tmp_path / name)})
+        exp.output_dir.mkdir(parents=True)
+        (exp.output_dir / "results.json").write_text(json.dumps(_results_json(task2, values)))
+        exps[name] = exp
+    section = Section(kind="da", title="Tab. 3", rows={"no DA": "plain", "FDA": "fda"},
+                      paper={"baseline": 37.88, "atdt": 39.66, "da": 42.33, "atdt_da": 43.20})
+    report = render_suite_report(Suite(name="s", rows={}), [section], {"plain": exps["plain"], "fda": exps["fda"]},
+                                 {}, Path("s.yaml"))
+    if task2 == "semantic":
+        assert "| (c) FDA | " in report and "| **35.0** | 45.0 |" in report
+        assert "| (d) AT/DT + FDA | " in report and "| **38.0** | 48.0 |" in report
+        # DA vs Baseline +5.0 (paper +4.45, printed +4.4: float rounding; agrees); AT/DT + DA vs AT/DT -2.0 (paper +3.54, disagrees)
+        assert "| DA vs Baseline | +5.0 | +4.4 | yes |" in report
+        assert "| AT/DT + DA vs AT/DT | -2.0 | +3.5 | no |" in report
+    else:  # Abs Rel: lower is better, so +0.050 is a loss and agrees only with a paper loss
+        assert "| (c) FDA | 0.350 |" in report
+        assert "| DA vs Baseline | +0.050 | +4.450 | yes |" in report
+        assert "| AT/DT vs Baseline | +0.100 | +1.780 | yes |" in report
 
 
 def test_a_stage_held_by_another_process_is_waited_for_then_skipped(domains, tmp_path, caplog):
