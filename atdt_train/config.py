@@ -88,12 +88,19 @@ class Optimizer:
 
 @dataclass
 class DepthOptions:
-    """Depth settings: focal normalisation of targets and the metric range."""
+    """Depth settings: focal normalisation of targets, the metric range, and the depth loss.
+
+    ``gradient_loss`` > 0 adds, with that weight, a multi-scale gradient-matching term on log
+    depth (Li & Snavely, MegaDepth, CVPR 2018) to the L1 loss of every depth network: it rewards
+    depth edges, so thin structures (poles, signs, people) are not smoothed away; off in the
+    paper's method (docs/training.md, "Beyond the paper").
+    """
 
     focal_normalised: bool = False
     focal_ref: float | None = None  # default: fx of A's first training frame at input size
     min_depth: float = 0.5
     max_depth: float = 80.0
+    gradient_loss: float = 0.0  # beyond the paper: weight of the multi-scale log-depth gradient term
 
 
 @dataclass
@@ -297,6 +304,9 @@ def _validate(exp: Experiment) -> None:
     if not 0 < exp.depth.min_depth < exp.depth.max_depth:
         raise ConfigError(f"depth.min_depth/max_depth: need 0 < min_depth < max_depth, "
                           f"got {exp.depth.min_depth}, {exp.depth.max_depth}")
+    if exp.depth.gradient_loss < 0:
+        raise ConfigError(f"depth.gradient_loss: must be >= 0 (0 = the paper's L1 loss alone), "
+                          f"got {exp.depth.gradient_loss}")
     if exp.depth.focal_ref is not None:
         positive("depth.focal_ref", exp.depth.focal_ref)
 

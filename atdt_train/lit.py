@@ -119,12 +119,41 @@ def depth_loss(pred: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, foc
     return ((pred - target).abs() * weight).sum() / weight.sum().clamp(min=1.0)
 
 
+GRADIENT_SCALES = 4
+"""Scales of the gradient-matching term: full resolution and 3 halvings (MegaDepth uses 4)."""
+
+
+def gradient_matching_loss(pred: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor,
+                           focal: torch.Tensor, focal_ref: float | None, floor: float) -> torch.Tensor:
+    """Multi-scale gradient matching on log depth (MegaDepth, Eq. 3): with R = log d̂ − log d,
+    the mean over scales of Σ|∂x R| + |∂y R| over pairs of valid neighbours, divided by the number
+    of valid pixels; zero when none is valid. Predictions are clamped at ``floor`` before the log."""
+    pred = pred.float()[:, 0].clamp(min=floor)
+    target = depth_target(depth, focal, focal_ref).clamp(min=floor)
+    residual = torch.log(pred) - torch.log(target)
+    mask = valid.to(residual.dtype)
+    total = residual.new_zeros(())
+    for scale in range(GRADIENT_SCALES):
+        step = 2 ** scale
+        r, m = residual[:, ::step, ::step] * mask[:, ::step, ::step], mask[:, ::step, ::step]
+        mx, my = m[:, :, 1:] * m[:, :, :-1], m[:, 1:, :] * m[:, :-1, :]
+        grad = ((r[:, :, 1:] - r[:, :, :-1]).abs() * mx).sum() + ((r[:, 1:, :] - r[:, :-1, :]).abs() * my).sum()
+        total = total + grad / m.sum().clamp(min=1.0)
+    return total / GRADIENT_SCALES
+
+
 def task_loss(task: str, output: torch.Tensor, batch: dict[str, torch.Tensor], focal_ref: float | None,
-              class_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """The loss of a task network's output on a batch of FrameDataset samples."""
+              class_weight: torch.Tensor | None = None, gradient_weight: float = 0.0,
+              min_depth: float = 0.5) -> torch.Tensor:
+    """The loss of a task network's output on a batch of FrameDataset samples (``gradient_weight``:
+    the depth loss's gradient-matching term, off by default as in the paper)."""
     if task == "semantic":
         return semantic_loss(output, batch["semantic"], class_weight)
-    return depth_loss(output, batch["depth"], batch["depth_valid"], batch["focal"], focal_ref)
+    loss = depth_loss(output, batch["depth"], batch["depth_valid"], batch["focal"], focal_ref)
+    if gradient_weight > 0:
+        loss = loss + gradient_weight * gradient_matching_loss(
+            output, batch["depth"], batch["depth_valid"], batch["focal"], focal_ref, min_depth)
+    return loss
 
 
 def decoder_widths(exp: Experiment) -> tuple[int, ...]:
@@ -180,6 +209,8 @@ class TaskModule(_StageModule):
         super().__init__(exp, max_steps)
         self.task = task
         self.focal_ref = focal_ref if task == "depth" else None
+        self.gradient_weight = float(exp.depth.gradient_loss) if task == "depth" else 0.0
+        self.min_depth = float(exp.depth.min_depth)
         self.net = TaskNet(task, exp.model.depth, exp.model.norm, exp.model.feature_level,
                            decoder_widths(exp))
         if exp.model.init:
@@ -191,7 +222,8 @@ class TaskModule(_StageModule):
         return self.net(x)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = task_loss(self.task, self.net(self._input(batch)), batch, self.focal_ref)
+        loss = task_loss(self.task, self.net(self._input(batch)), batch, self.focal_ref,
+                         gradient_weight=self.gradient_weight, min_depth=self.min_depth)
         self._check_finite(loss)
         self.last_loss = float(loss.detach())
         self.log("loss", loss, prog_bar=True)

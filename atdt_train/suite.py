@@ -186,6 +186,8 @@ def stage_key(exp: Experiment, stage: str) -> str:
         for key in ("feature_level", "transfer_hidden"):
             config["model"].pop(key)
         config["domains"] = {d: config["domains"][d] for d in domains}  # N2 never sees B
+        if task == "semantic":  # depth settings train only depth networks
+            config.pop("depth")
         config["task"], config["on"] = task, list(domains)
     text = json.dumps({"stage": stage, "config": config}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
