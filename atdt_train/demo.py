@@ -142,26 +142,25 @@ def make_demo_bag(exp: Any, bag: Path, rate_hz: float) -> Path:
 
 
 def _row(metrics: dict[str, Any], task: str) -> list[str]:
-    def pct(v: Any) -> str:
-        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
-
-    def num(v: Any) -> str:
-        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+    from atdt_ros.present import depth_value, percent
 
     if task == "semantic":
         from .report import thin_iou
 
         thin = thin_iou(metrics) if "iou" in metrics else None
-        return [pct(metrics.get("miou")), pct(metrics.get("accuracy")), pct(thin)]
-    return [num(metrics.get("abs_rel")), num(metrics.get("rmse")), pct(metrics.get("delta1"))]
+        return [percent(metrics.get("miou")), percent(metrics.get("accuracy")), percent(thin)]
+    return [depth_value(m, metrics.get(m)) for m in ("abs_rel", "rmse", "delta1")]
 
 
 def summary_table(results: dict[str, Any], task: str, replays: dict[str, dict[str, Any]],
                   precision: str = "32") -> str:
     """The Baseline / AT/DT / Oracle table on B (and A), with the node's replay rows and latency."""
-    from .report import method_labels, transfer_name
+    from atdt_ros.present import DEPTH_NAMES
 
-    head = ["mIoU %", "Acc %", "thin %"] if task == "semantic" else ["Abs Rel", "RMSE", "δ<1.25 %"]
+    from .report import gap_closed, method_labels, transfer_name
+
+    head = (["mIoU %", "Acc %", "thin %"] if task == "semantic"
+            else [DEPTH_NAMES["abs_rel"], DEPTH_NAMES["rmse"], f"{DEPTH_NAMES['delta1']} %"])
     cfg = results.get("config", {})
     atdt = method_labels(cfg)["atdt"]
     names = {"baseline": "Baseline (N2 trained on A)", "baseline_adabn": "Baseline + AdaBN",
@@ -182,14 +181,10 @@ def summary_table(results: dict[str, Any], task: str, replays: dict[str, dict[st
                          + "".join(f"{v:>10s}" for v in _row(node[task], task)))
         if domain == "B" and "accuracy" in replays and precision != "32":
             lines.append(f"  (offline rows computed with {precision} autocast, the node runs the fp32 export)")
-        if domain == "B" and task == "semantic" and {"baseline", "atdt", "oracle"} <= rows.keys():
-            b, a, o = rows["baseline"]["miou"], rows["atdt"]["miou"], rows["oracle"]["miou"]
-            if o != b:
-                lines.append(f"  {atdt} closes {100 * (a - b) / (o - b):.0f}% of the Baseline->Oracle mIoU gap on B")
-        if domain == "B" and task == "depth" and {"baseline", "atdt", "oracle"} <= rows.keys():
-            b, a, o = (rows[k]["abs_rel"] for k in ("baseline", "atdt", "oracle"))
-            if o != b:
-                lines.append(f"  {atdt} closes {100 * (a - b) / (o - b):.0f}% of the Baseline->Oracle Abs Rel gap on B")
+        closed = gap_closed(rows, "miou" if task == "semantic" else "abs_rel") if domain == "B" else math.nan
+        if not math.isnan(closed):
+            lines.append(f"  {atdt} closes {100 * closed:.0f}% of the Baseline->Oracle "
+                         f"{'mIoU' if task == 'semantic' else 'Abs Rel'} gap on B")
         lines.append("")
     if task == "semantic":
         lines.append(f"G trained by {transfer_name(cfg)}; thin = mean IoU of person, pole and traffic sign")

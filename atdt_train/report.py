@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from atdt_ros.classmap import TABLE_NAMES, THIN_CLASSES, colorize
-from atdt_ros.files import atomic_path, atomic_write
-from atdt_ros.present import depth_colormap
+from atdt_ros.files import atomic_write
 from atdt_ros.metrics import DEPTH_METRICS
+from atdt_ros.present import DEPTH_NAMES, depth_colormap, depth_header, depth_value, percent, save_grid, signed
 
 METHOD_LABELS: dict[str, str] = {
     "baseline": "Baseline", "baseline_adabn": "Baseline+AdaBN", "atdt": "AT/DT",
@@ -44,29 +44,8 @@ def method_labels(cfg: dict[str, Any]) -> dict[str, str]:
     return {**METHOD_LABELS, "atdt": "AT/DT+", "atdt_adabn": "AT/DT++AdaBN"}
 
 
-DEPTH_HEADERS: dict[str, str] = {
-    "abs_rel": "Abs Rel ↓", "sq_rel": "Sq Rel ↓", "rmse": "RMSE ↓", "rmse_log": "RMSE log ↓",
-    "delta1": "δ<1.25 ↑", "delta2": "δ<1.25² ↑", "delta3": "δ<1.25³ ↑",
-}
 DOMAIN_TITLES = {"B": "domain B (target: no task-2 labels used, except by the Oracle)",
                  "A": "domain A (source)"}
-
-
-def _pct(value: float) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
-
-
-def _num(value: float, digits: int = 3) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def _signed(value: float, digits: int) -> str:
-    return "–" if math.isnan(value) else f"{value:+.{digits}f}"
-
-
-def depth_value(metric: str, value: float) -> str:
-    """A depth metric as printed in the tables: deltas in %, errors with 3 decimals."""
-    return _pct(value) if metric.startswith("delta") else _num(value)
 
 
 def gap_closed(rows: dict[str, dict[str, Any]], key: str) -> float:
@@ -90,16 +69,16 @@ def semantic_table(rows: dict[str, dict[str, Any]], labels: dict[str, str] = MET
         r = rows[key]
         gains = ["", ""]
         if base is not None and key != "baseline":
-            gains = [_signed(100 * (r["miou"] - base["miou"]), 1), _signed(100 * (r["accuracy"] - base["accuracy"]), 1)]
-        cells = [label, *(_pct(v) for v in r["iou"]), f"**{_pct(r['miou'])}**", _pct(r["accuracy"]),
-                 _pct(thin_iou(r)), *gains]
+            gains = [signed(100 * (r["miou"] - base["miou"]), 1), signed(100 * (r["accuracy"] - base["accuracy"]), 1)]
+        cells = [label, *(percent(v) for v in r["iou"]), f"**{percent(r['miou'])}**", percent(r["accuracy"]),
+                 percent(thin_iou(r)), *gains]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def depth_table(rows: dict[str, dict[str, Any]], labels: dict[str, str] = METHOD_LABELS) -> list[str]:
     """Table 2 layout: the seven depth metrics, then the gains over the Baseline."""
-    head = ["Method", *(DEPTH_HEADERS[m] for m in DEPTH_METRICS)]
+    head = ["Method", *(depth_header(m) for m in DEPTH_METRICS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, label in labels.items():
         if key in rows:
@@ -111,15 +90,15 @@ def depth_table(rows: dict[str, dict[str, Any]], labels: dict[str, str] = METHOD
                 cells = []
                 for m in DEPTH_METRICS:
                     delta = rows[key][m] - base[m]
-                    cells.append(_signed(100 * delta, 1) if m.startswith("delta") else _signed(delta, 3))
+                    cells.append(signed(100 * delta, 1) if m.startswith("delta") else signed(delta, 3))
                 lines.append("| " + " | ".join([f"Δ {label} vs Baseline", *cells]) + " |")
     return lines
 
 
 def _task1_line(task: str, metrics: dict[str, Any]) -> str:
     if task == "semantic":
-        return f"mIoU {_pct(metrics['miou'])}, Acc {_pct(metrics['accuracy'])}"
-    return ", ".join(f"{DEPTH_HEADERS[m][:-2]} {depth_value(m, metrics[m])}" for m in DEPTH_METRICS)
+        return f"mIoU {percent(metrics['miou'])}, Acc {percent(metrics['accuracy'])}"
+    return ", ".join(f"{DEPTH_NAMES[m]} {depth_value(m, metrics[m])}" for m in DEPTH_METRICS)
 
 
 def render_report(results: dict[str, Any]) -> str:
@@ -184,32 +163,11 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
 def save_figure(samples: list[dict[str, np.ndarray]], task: str, path: Path,
                 depth_range: tuple[float, float] = (0.5, 80.0)) -> Path:
     """Fig. 3-like grid, one row per sample: RGB | Baseline | AT/DT | ground truth (PNG, atomic)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     def show(array: np.ndarray) -> np.ndarray:
         if task == "semantic":
             return colorize(array.astype(np.int64))
         return depth_colormap(array, depth_range)
 
-    rows = len(samples)
-    h, w = samples[0]["rgb"].shape[:2]
-    fig, axes = plt.subplots(rows, 4, figsize=(4 * 2.4 * w / h, rows * 2.4 + 0.4), squeeze=False)
-    for r, sample in enumerate(samples):
-        for c, (title, image) in enumerate((("RGB", sample["rgb"]), ("Baseline", show(sample["baseline"])),
-                                            ("AT/DT", show(sample["atdt"])), ("Ground truth", show(sample["gt"])))):
-            ax = axes[r][c]
-            ax.imshow(image)
-            ax.set_axis_off()
-            if r == 0:
-                ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    rows = [(s["rgb"], show(s["baseline"]), show(s["atdt"]), show(s["gt"])) for s in samples]
+    return save_grid(rows, ("RGB", "Baseline", "AT/DT", "Ground truth"), path)

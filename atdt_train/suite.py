@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from atdt_ros.files import atomic_write
+from atdt_ros.present import MISSING, number, percent, pyplot, save_figure, signed
 
 from .config import ConfigError, Experiment, build_dataclass, load_experiment
 
@@ -282,13 +283,9 @@ def _results(exp: Experiment) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None or math.isnan(value) else f"{100 * value:.1f}"
-
-
 def _agrees(ours: float, paper: float, flat: bool = False) -> str:
     if math.isnan(ours) or math.isnan(paper):
-        return "–"
+        return MISSING
     if flat:
         return "yes" if abs(ours) <= FLAT_POINTS else "no"
     return "yes" if (ours > 0) == (paper > 0) else "no"
@@ -306,7 +303,7 @@ def _methods_section(section: Section, exp: Experiment, results: dict[str, Any])
     if {"baseline", "atdt"} <= paper.keys():
         scale = 100.0 if semantic else 1.0
         ours = {k: rows[k][key] * scale for k in ("baseline", "atdt", "oracle") if k in rows}
-        fmt = (lambda v: f"{v:.1f}") if semantic else (lambda v: f"{v:.3f}")
+        digits = 1 if semantic else 3
         gain_ours, gain_paper = ours["atdt"] - ours["baseline"], paper["atdt"] - paper["baseline"]
         if not semantic:
             gain_ours, gain_paper = -gain_ours, -gain_paper  # an improvement is a lower Abs Rel
@@ -316,11 +313,11 @@ def _methods_section(section: Section, exp: Experiment, results: dict[str, Any])
         metric = "mIoU" if semantic else "Abs Rel"
         lines += ["", f"| {metric} on B | Baseline | AT/DT | Oracle | gap closed | AT/DT better than Baseline |",
                   "|---|---|---|---|---|---|",
-                  f"| ours | {fmt(ours['baseline'])} | {fmt(ours['atdt'])} | "
-                  f"{fmt(ours['oracle']) if 'oracle' in ours else '–'} | {_pct(gap)} % | "
+                  f"| ours | {number(ours['baseline'], digits)} | {number(ours['atdt'], digits)} | "
+                  f"{number(ours.get('oracle'), digits)} | {percent(gap)} % | "
                   f"{'yes' if gain_ours > 0 else 'no'} |",
-                  f"| paper, {paper.get('setting', '')} | {fmt(paper['baseline'])} | {fmt(paper['atdt'])} | "
-                  f"{fmt(paper['oracle']) if 'oracle' in paper else '–'} | {_pct(p_gap)} % | "
+                  f"| paper, {paper.get('setting', '')} | {number(paper['baseline'], digits)} | "
+                  f"{number(paper['atdt'], digits)} | {number(paper.get('oracle'), digits)} | {percent(p_gap)} % | "
                   f"{'yes' if gain_paper > 0 else 'no'} |",
                   "", f"Sign of the effect (AT/DT − Baseline) agrees with the paper: "
                       f"**{_agrees(gain_ours, gain_paper)}**."]
@@ -345,17 +342,17 @@ def _levels_section(section: Section, experiments: dict[str, Experiment], figure
         exp, r = experiments[section.rows[lv]], res[lv]
         thin = thin_iou(r["domains"]["B"]["task2"]["atdt"]) if r else math.nan
         lines.append(f"| {lv} | {stage_channels(exp.model.depth, lv)} ch at 1/{stage_stride(lv)} | "
-                     + " | ".join(_pct(_atdt(r, d, m)) for d in ("A", "B") for m in ("miou", "accuracy"))
-                     + f" | {_pct(thin)} |")
+                     + " | ".join(percent(_atdt(r, d, m)) for d in ("A", "B") for m in ("miou", "accuracy"))
+                     + f" | {percent(thin)} |")
     lo, hi = levels[0], levels[-1]
     lines += ["", f"| trend, level {lo} → {hi} | ours (points) | paper (Fig. 4) | agrees |", "|---|---|---|---|"]
     for domain in ("A", "B"):
         for metric, label in (("miou", "mIoU"), ("accuracy", "Acc")):
             delta = 100 * (_atdt(res[hi], domain, metric) - _atdt(res[lo], domain, metric))
             trend = ((section.paper or {}).get(domain) or {}).get(metric)
-            agrees = "–" if trend is None else _agrees(
+            agrees = MISSING if trend is None else _agrees(
                 delta, {"increases": 1.0, "decreases": -1.0, "flat": 0.0}[trend], flat=trend == "flat")
-            lines.append(f"| {label} on {domain} | {delta:+.1f} | {trend or '–'} | {agrees} |")
+            lines.append(f"| {label} on {domain} | {signed(delta, 1)} | {trend or MISSING} | {agrees} |")
     if figure is not None:
         lines += ["", f"![Fig. 4: AT/DT per feature level]({figure.name})"]
     return lines
@@ -370,9 +367,9 @@ def _compare_section(section: Section, experiments: dict[str, Experiment]) -> li
         for i, label in enumerate(labels):
             p = paper.get(domain) or {}
             pm, pa = (p.get("miou") or [None, None])[i], (p.get("accuracy") or [None, None])[i]
-            lines.append(f"| {label} | {domain} | {_pct(_atdt(res[i], domain, 'miou'))} | "
-                         f"{_pct(_atdt(res[i], domain, 'accuracy'))} | {pm if pm is not None else '–'} | "
-                         f"{pa if pa is not None else '–'} |")
+            lines.append(f"| {label} | {domain} | {percent(_atdt(res[i], domain, 'miou'))} | "
+                         f"{percent(_atdt(res[i], domain, 'accuracy'))} | {pm if pm is not None else MISSING} | "
+                         f"{pa if pa is not None else MISSING} |")
     lines += ["", f"| effect of {labels[1]} vs {labels[0]} | ours (points) | paper (points) | agrees |",
               "|---|---|---|---|"]
     for domain in ("A", "B"):
@@ -380,8 +377,8 @@ def _compare_section(section: Section, experiments: dict[str, Experiment]) -> li
             ours = 100 * (_atdt(res[1], domain, metric) - _atdt(res[0], domain, metric))
             pv = (paper.get(domain) or {}).get(metric)
             theirs = float(pv[1] - pv[0]) if pv else math.nan
-            lines.append(f"| {label} on {domain} | {ours:+.1f} | "
-                         f"{'–' if math.isnan(theirs) else f'{theirs:+.2f}'} | {_agrees(ours, theirs)} |")
+            lines.append(f"| {label} on {domain} | {signed(ours, 1)} | {signed(theirs, 2)} | "
+                         f"{_agrees(ours, theirs)} |")
     return lines
 
 
@@ -410,26 +407,19 @@ def _da_section(section: Section, experiments: dict[str, Experiment]) -> list[st
                        ("da", "atdt_da", "AT/DT + DA vs DA"), ("atdt", "atdt_da", "AT/DT + DA vs AT/DT")):
         mine = ours[b] - ours[a]
         theirs = float(paper[b]) - float(paper[a]) if {a, b} <= paper.keys() else math.nan
-        fmt = (lambda v: f"{v:+.1f}") if semantic else (lambda v: f"{v:+.3f}")
-        lines.append(f"| {what} | {fmt(mine)} | {'–' if math.isnan(theirs) else fmt(theirs)} | "
+        digits = 1 if semantic else 3
+        lines.append(f"| {what} | {signed(mine, digits)} | {signed(theirs, digits)} | "
                      f"{_agrees(sign * mine, sign * theirs)} |")
     return lines
 
 
 def save_levels_figure(section: Section, experiments: dict[str, Experiment], path: Path) -> Path | None:
     """Fig. 4's two plots (Acc, mIoU against the feature level; A and B), or None without results."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from atdt_ros.files import atomic_path
-
     levels = sorted(section.rows)
     res = {lv: _results(experiments[section.rows[lv]]) for lv in levels}
     if all(r is None for r in res.values()):
         return None
-    fig, axes = plt.subplots(2, 1, figsize=(4.5, 5.5), sharex=True)
+    fig, axes = pyplot().subplots(2, 1, figsize=(4.5, 5.5), sharex=True)
     for ax, (metric, label) in zip(axes, (("accuracy", "Acc. (%)"), ("miou", "mIoU (%)"))):
         for domain, colour in (("A", "tab:orange"), ("B", "tab:blue")):
             ax.plot(levels, [100 * _atdt(res[lv], domain, metric) for lv in levels], "o-", color=colour,
@@ -440,11 +430,7 @@ def save_levels_figure(section: Section, experiments: dict[str, Experiment], pat
     axes[-1].set_xlabel("feature level (E/D split)")
     axes[-1].set_xticks(levels)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def render_suite_report(suite: Suite, sections: list[Section], experiments: dict[str, Experiment],
@@ -482,13 +468,13 @@ def render_suite_report(suite: Suite, sections: list[Section], experiments: dict
         results = _results(exp)
         own = [s for s in training_stages(exp) if (name, s) not in plan]
         shared = sorted({f"{s} ← {plan[(name, s)]}" for s in training_stages(exp) if (name, s) in plan})
-        score = "–"
+        score = MISSING
         if results is not None:
             atdt = results["domains"]["B"]["task2"]["atdt"]
-            score = _pct(atdt["miou"]) if results["task2"] == "semantic" else f"{atdt['abs_rel']:.3f}"
+            score = percent(atdt["miou"]) if results["task2"] == "semantic" else number(atdt["abs_rel"])
         seconds = sum(float((results or {}).get("training", {}).get(s, {}).get("seconds", 0.0)) for s in own)
         lines.append(f"| {name} | `{exp.source}` | {', '.join(own)} ({seconds / 60:.1f} min) | "
-                     f"{', '.join(shared) or '–'} | {score} |")
+                     f"{', '.join(shared) or MISSING} | {score} |")
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 
 from atdt_ros.replay.common import DEFAULT_TOPICS, MODES, NODE_NAME, ReplayError, log
-from atdt_ros.replay.report import fmt
+from atdt_ros.present import number
 from atdt_ros.replay.run import ReplayOptions, replay
 
 
@@ -19,10 +19,10 @@ def summary_line(results: dict[str, Any]) -> str:
     """One line for the terminal: counts, latency, mIoU and Abs Rel."""
     f, lat = results["frames"], results["latency"]
     return (f"{results['mode']}: {f['answered']}/{f['published']} frames answered "
-            f"({f['dropped']} dropped, {f['malformed']} malformed); latency p50 {fmt(lat['p50_ms'], 1)} ms, "
-            f"p95 {fmt(lat['p95_ms'], 1)} ms, max {fmt(lat['max_ms'], 1)} ms; "
-            f"{fmt(results['throughput_hz'], 1)} Hz; mIoU {fmt(results['semantic']['miou'], 2, 100)}, "
-            f"Abs Rel {fmt(results['depth']['abs_rel'], 3)}")
+            f"({f['dropped']} dropped, {f['malformed']} malformed); latency p50 {number(lat['p50_ms'], 1)} ms, "
+            f"p95 {number(lat['p95_ms'], 1)} ms, max {number(lat['max_ms'], 1)} ms; "
+            f"{number(results['throughput_hz'], 1)} Hz; mIoU {number(results['semantic']['miou'], 2, 100)}, "
+            f"Abs Rel {number(results['depth']['abs_rel'], 3)}")
 
 
 def _positive(text: str) -> float:

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from atdt_ros import classmap
-from atdt_ros.files import atomic_path, atomic_write
-from atdt_ros.present import depth_colormap
+from atdt_ros.files import atomic_write
 from atdt_ros.metrics import DEPTH_METRICS, LOWER_IS_BETTER
+from atdt_ros.present import DEPTH_NAMES, depth_colormap, number, pyplot, save_figure, save_grid
 from atdt_ros.replay.records import FrameRecord
-
-
-def fmt(value: Any, digits: int = 2, scale: float = 1.0) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value * scale:.{digits}f}"
 
 
 def markdown_report(results: dict[str, Any]) -> str:
@@ -41,9 +34,9 @@ def markdown_report(results: dict[str, Any]) -> str:
         "",
         "| latency p50 (ms) | p95 (ms) | max (ms) | throughput (Hz) | input rate (Hz) | recorded rate (Hz) |",
         "|---:|---:|---:|---:|---:|---:|",
-        f"| {fmt(lat['p50_ms'], 1)} | {fmt(lat['p95_ms'], 1)} | {fmt(lat['max_ms'], 1)} "
-        f"| {fmt(results['throughput_hz'], 2)} | {fmt(results['input_rate_hz'], 2)} "
-        f"| {fmt(results['recorded_rate_hz'], 2)} |",
+        f"| {number(lat['p50_ms'], 1)} | {number(lat['p95_ms'], 1)} | {number(lat['max_ms'], 1)} "
+        f"| {number(results['throughput_hz'], 2)} | {number(results['input_rate_hz'], 2)} "
+        f"| {number(results['recorded_rate_hz'], 2)} |",
         "",
         "Latency: publish of a frame to receipt of the last of its two outputs (depth, semantic).",
         "",
@@ -52,20 +45,20 @@ def markdown_report(results: dict[str, Any]) -> str:
         "",
         "| " + " | ".join(classmap.TABLE_NAMES) + " | mIoU | Acc |",
         "|" + "---:|" * (len(classmap.TABLE_NAMES) + 2),
-        "| " + " | ".join(fmt(v, 2, 100) for v in seg["iou"]) + f" | {fmt(seg['miou'], 2, 100)} "
-        f"| {fmt(seg['accuracy'], 2, 100)} |",
+        "| " + " | ".join(number(v, 2, 100) for v in seg["iou"]) + f" | {number(seg['miou'], 2, 100)} "
+        f"| {number(seg['accuracy'], 2, 100)} |",
         "",
         f"IoU and accuracy in %, over {seg['pixels']} labelled pixels (ignore id {classmap.UNLABELED}).",
         "",
         "## Depth",
         "",
-        "| " + " | ".join(_DEPTH_NAMES[m] for m in DEPTH_METRICS) + " |",
+        "| " + " | ".join(DEPTH_NAMES[m] for m in DEPTH_METRICS) + " |",
         "|" + "---:|" * len(DEPTH_METRICS),
-        "| " + " | ".join(fmt(dep[m], 3) for m in DEPTH_METRICS) + " |",
+        "| " + " | ".join(number(dep[m], 3) for m in DEPTH_METRICS) + " |",
         "",
         f"Over {dep['pixels']} pixels with ground truth in ({results['depth_range_m'][0]}, "
         f"{results['depth_range_m'][1]}) m; lower is better for "
-        f"{', '.join(_DEPTH_NAMES[m] for m in DEPTH_METRICS if m in LOWER_IS_BETTER)}.",
+        f"{', '.join(DEPTH_NAMES[m] for m in DEPTH_METRICS if m in LOWER_IS_BETTER)}.",
         "",
         "![latency](latency.png)",
         "",
@@ -89,22 +82,9 @@ def _node_lines(diag: dict[str, str]) -> list[str]:
             f"the backend call p50 {diag.get('inference_p50_ms', '?')} ms.", ""]
 
 
-_DEPTH_NAMES = {"abs_rel": "Abs Rel", "sq_rel": "Sq Rel", "rmse": "RMSE", "rmse_log": "RMSE log",
-                "delta1": "δ<1.25", "delta2": "δ<1.25²", "delta3": "δ<1.25³"}
-
-
-def _save_figure(fig: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-
-
 def latency_figure(results: dict[str, Any], path: Path) -> None:
     """latency.png: latency of each answered frame over publish time; unanswered frames marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     frames = [p for p in results["per_frame"] if p["published_s"] is not None]
     ok = [(p["published_s"], p["latency_ms"]) for p in frames if p["latency_ms"] is not None]
     lost = [p["published_s"] for p in frames if p["latency_ms"] is None]
@@ -122,48 +102,33 @@ def latency_figure(results: dict[str, Any], path: Path) -> None:
     ax.set_title(f"atdt_perception latency, {results['mode']} replay")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
-    _save_figure(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def qualitative_figure(records: list[FrameRecord], path: Path, min_depth: float, max_depth: float) -> bool:
-    """qualitative.png (Fig. 3 style): RGB | semantic output | GT semantic | depth output | GT depth."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """qualitative.png (Fig. 3 style): RGB | semantic output | GT semantic | depth output | GT depth;
+    each row's depth colours span its ground truth's range within (min_depth, max_depth)."""
     rows = [r for r in sorted(records, key=lambda r: r.index) if r.answered and r.rgb is not None]
     if not rows:
         return False
-    titles = ("RGB", "semantic (node)", "semantic (GT)", "depth (node)", "depth (GT)")
     h, w = rows[0].rgb.shape[:2]
-    fig, axes = plt.subplots(len(rows), 5, figsize=(5 * 2.6, len(rows) * 2.6 * h / w + 0.4), squeeze=False)
-    for i, r in enumerate(rows):
+    grid = []
+    for r in rows:
         gt = r.gt_depth[np.isfinite(r.gt_depth)] if r.gt_depth is not None else np.array([])
         near = max(min_depth, float(gt.min()) if gt.size else min_depth)
         far = min(max_depth, float(gt.max()) if gt.size else max_depth)
         if far <= near:
             near, far = min_depth, max_depth
         blank = np.zeros((h, w, 3), np.uint8)
-        panels = (
+        grid.append((
             r.rgb,
             classmap.colorize(r.semantic) if r.semantic is not None else blank,
             classmap.colorize(r.gt_semantic) if r.gt_semantic is not None else blank,
             depth_colormap(r.depth, (near, far)) if r.depth is not None else blank,
             depth_colormap(r.gt_depth, (near, far)) if r.gt_depth is not None else blank,
-        )
-        for j, panel in enumerate(panels):
-            ax = axes[i][j]
-            ax.imshow(panel, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(titles[j], fontsize=10)
-        axes[i][0].set_ylabel(f"frame {r.index}", fontsize=8)
-    fig.tight_layout()
-    _save_figure(fig, path)
-    plt.close(fig)
+        ))
+    save_grid(grid, ("RGB", "semantic (node)", "semantic (GT)", "depth (node)", "depth (GT)"), path,
+              row_labels=[f"frame {r.index}" for r in rows])
     return True
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from atdt_ros.classmap import NUM_CLASSES, TABLE_NAMES, UNLABELED, colorize
+from atdt_ros.present import depth_colormap
 from atdt_train.sim.command import parse_size, simulate
 
 
@@ -36,17 +37,15 @@ def class_frequencies(split_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def preview(split_dir: Path, index: int = 0) -> np.ndarray:
-    """RGB above colour-coded labels above colour-coded depth (0-80 m) of one frame."""
+    """RGB above colour-coded labels above colour-coded depth (0.5-80 m, the reports' colour map)
+    of one frame."""
     import cv2  # noqa: PLC0415
 
     name = f"{index:06d}.png"
     rgb = cv2.imread(str(split_dir / "rgb" / name))[..., ::-1]
     sem = cv2.imread(str(split_dir / "semantic" / name), cv2.IMREAD_UNCHANGED)
     depth = cv2.imread(str(split_dir / "depth" / name), cv2.IMREAD_UNCHANGED) / 256.0
-    d8 = (np.clip(depth / 80.0, 0.0, 1.0) * 255).astype(np.uint8)
-    dcol = cv2.applyColorMap(255 - d8, cv2.COLORMAP_TURBO)[..., ::-1].copy()
-    dcol[depth == 0] = 0
-    return np.concatenate([rgb, colorize(sem), dcol], axis=0)
+    return np.concatenate([rgb, colorize(sem), depth_colormap(depth, (0.5, 80.0))], axis=0)
 
 
 def main(argv: list[str] | None = None) -> int:
