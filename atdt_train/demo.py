@@ -89,7 +89,8 @@ def _mtime(path: Path) -> float:
 
 def train_and_evaluate(exp: Any, steps: _Steps) -> dict[str, Any]:
     """The four stages (finished ones skipped), then evaluation unless results.json is up to date."""
-    from atdt_train.stages import save_experiment_copy, stage_dir, train_stage, training_stages
+    from atdt_train.checkpoints import stage_dir
+    from atdt_train.stages import save_experiment_copy, train_stage, training_stages
 
     save_experiment_copy(exp)
     steps.begin("train", f"AT/DT stages {', '.join(training_stages(exp))} ({exp.direction}) -> {exp.output_dir}")
@@ -110,7 +111,8 @@ def export_demo_chain(exp: Any, chain: Path, formats: tuple[str, ...] = ("pt2", 
     """``atdt_train export`` of the trained experiment, unless ``chain`` already holds that chain."""
     from atdt_ros.artifact import ArtifactError, load_metadata, sha256_file
     from atdt_train.cli import main as cli_main
-    from atdt_train.stages import e1_stage, weights_path
+    from atdt_train.checkpoints import weights_path
+    from atdt_train.stages import e1_stage
 
     sources = {name: sha256_file(weights_path(exp, stage))
                for name, stage in (("n1", e1_stage(exp, "B")), ("n2", "n2"), ("g", "g"))}

@@ -33,8 +33,9 @@ from atdt_ros.metrics import DepthMetric, SegmentationMetric
 from .config import Experiment
 from .lit import depth_to_metres
 from .models import TaskNet, TransferNet, transfer
-from .stages import (adapt_to_machine, configure_threads, e1_stage, is_done, load_task_net,
-                     load_transfer_net, make_dataset, resolve_focal_ref, stage_dir, training_stages)
+from .checkpoints import is_done, load_task_net, load_transfer_net, stage_dir
+from .runtime import adapt_to_machine, configure_threads
+from .stages import e1_stage, make_dataset, resolve_focal_ref, training_stages
 
 log = logging.getLogger(__name__)
 

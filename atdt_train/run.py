@@ -13,7 +13,9 @@ from typing import Any
 
 from .config import ConfigError, Experiment, load_experiment
 from .evaluate import evaluate_experiment
-from .stages import STAGE_NAMES, global_rank, save_experiment_copy, stage_dir, train_stage, training_stages
+from .checkpoints import stage_dir
+from .runtime import global_rank
+from .stages import STAGE_NAMES, save_experiment_copy, train_stage, training_stages
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,11 @@
 4. ``evaluate``: Baseline, Baseline+AdaBN, AT/DT (Eq. 4), AT/DT+AdaBN and the ``oracle`` stage
    (N2 trained on B's task-2 labels) on B's and A's test splits.
 
-Each training stage lives in ``OUT/stages/NAME/``: ``checkpoints/last.ckpt`` (every
-``trainer.checkpoint_every`` steps, written atomically; a killed stage resumes from it),
-``logs/`` (CSV), and, once complete, ``weights.pt`` then ``done.json`` (the stage is skipped
-when both exist). Single CPU, GPU and DDP (torchrun, SLURM, or ``strategy: ddp``) run the same code.
+Each training stage lives in ``OUT/stages/NAME/`` (its files and their format: checkpoints.py):
+``checkpoints/last.ckpt`` (every ``trainer.checkpoint_every`` steps, written atomically; a killed
+stage resumes from it), ``logs/`` (CSV), and, once complete, ``weights.pt`` then ``done.json``
+(the stage is skipped when both exist). Single CPU, GPU and DDP (torchrun, SLURM, or
+``strategy: ddp``) run the same code; the process set-up (rank, threads, precision) is runtime.py.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from atdt_ros.files import atomic_path, atomic_write
+from atdt_ros.files import atomic_write
 
+from .checkpoints import (is_done, load_task_net, load_transfer_net, resume_checkpoint, stage_dir, weights_path,
+                          write_done)
 from .config import ConfigError, Experiment, load_experiment
+from .runtime import adapt_to_machine, configure_threads, global_rank, quiet_lightning
 
 if TYPE_CHECKING:
     import torch
@@ -36,22 +40,7 @@ log = logging.getLogger(__name__)
 STAGE_NAMES: tuple[str, ...] = ("n1", "n1_A", "n1_B", "n2", "g", "oracle", "evaluate")
 
 
-# ----------------------------------------------------------------------------- layout helpers
-
-def stage_dir(exp: Experiment, name: str) -> Path:
-    """Folder of a training stage's checkpoints, logs and final weights."""
-    return exp.output_dir / "stages" / name
-
-
-def weights_path(exp: Experiment, name: str) -> Path:
-    """Final weights of a completed training stage."""
-    return stage_dir(exp, name) / "weights.pt"
-
-
-def is_done(exp: Experiment, name: str) -> bool:
-    """True when a training stage finished: its ``done.json`` and ``weights.pt`` exist."""
-    return (stage_dir(exp, name) / "done.json").is_file() and weights_path(exp, name).is_file()
-
+# ----------------------------------------------------------------------------- stages
 
 def training_stages(exp: Experiment) -> list[str]:
     """Training stages of an experiment, in the order ``run`` executes them."""
@@ -77,20 +66,6 @@ def stage_spec(exp: Experiment, name: str) -> tuple[str | None, tuple[str, ...],
     if name not in specs:
         raise ConfigError(f"unknown stage {name!r}; accepted: {', '.join(STAGE_NAMES)}")
     return specs[name]
-
-
-def global_rank() -> int:
-    """This process's rank in a distributed run (0 when not distributed)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    if "RANK" in os.environ:
-        return int(os.environ["RANK"])
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
-        return int(os.environ["SLURM_PROCID"])
-    # processes started by Lightning itself: nonzero unless both node and local rank are 0
-    return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
 
 
 def save_experiment_copy(exp: Experiment) -> None:
@@ -161,59 +136,6 @@ def resolve_focal_ref(exp: Experiment) -> float | None:
 
 # ----------------------------------------------------------------------------- training
 
-def configure_threads(exp: Experiment) -> None:
-    """CPU threads per process: the configured number, or the cores shared by local processes."""
-    import torch
-
-    if exp.trainer.threads > 0:
-        torch.set_num_threads(exp.trainer.threads)
-        return
-    if not on_cpu(exp):
-        return
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or (exp.trainer.devices if isinstance(exp.trainer.devices, int) else 1)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
-
-
-def on_cpu(exp: Experiment) -> bool:
-    """True when the experiment's networks run on the CPU."""
-    import torch
-
-    return exp.trainer.accelerator == "cpu" or (exp.trainer.accelerator == "auto" and not torch.cuda.is_available())
-
-
-def adapt_to_machine(exp: Experiment) -> None:
-    """Fall back to fp32 where mixed precision would be slow or unsupported on this CPU.
-
-    bf16 convolutions are fast only with oneDNN's bf16 kernels (AVX-512 BF16 / AMX); elsewhere
-    PyTorch uses a slow reference path (measured ~10x slower than fp32 on an AVX2 CPU), and
-    channels_last only pays off together with bf16. fp16 mixed precision needs a GPU.
-    """
-    import torch
-
-    t = exp.trainer
-    if not on_cpu(exp) or t.precision == "32":
-        return
-    if t.precision == "bf16-mixed" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return
-    log.warning("precision %s is %s on this CPU (%s): using 32 and channels_last off", t.precision,
-                "slow" if t.precision == "bf16-mixed" else "unsupported", torch.backends.cpu.get_cpu_capability())
-    t.precision, t.channels_last = "32", False
-
-
-def _quiet_lightning() -> None:
-    """One log line per message (ours and Lightning's alike), no advertising tips."""
-    if logging.getLogger().handlers:  # the root logger prints: Lightning's own handlers would repeat
-        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-            for handler in list(logging.getLogger(name).handlers):
-                logging.getLogger(name).removeHandler(handler)
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(getattr(f, "atdt", False) for f in rank_zero.filters):
-        def no_tips(record: logging.LogRecord) -> bool:
-            return "Tip:" not in str(record.msg)
-        no_tips.atdt = True  # type: ignore[attr-defined]
-        rank_zero.addFilter(no_tips)
-
-
 def _make_trainer(exp: Experiment, name: str, max_steps: int, extra_callbacks: list):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -221,7 +143,7 @@ def _make_trainer(exp: Experiment, name: str, max_steps: int, extra_callbacks: l
 
     from .lit import AtomicCheckpointIO, LocalDDPStrategy
 
-    _quiet_lightning()
+    quiet_lightning()
     folder = stage_dir(exp, name)
     loggers = [CSVLogger(str(folder), name="logs")]  # a new version_N per (re)start keeps old logs
     if exp.trainer.tensorboard:
@@ -239,88 +161,6 @@ def _make_trainer(exp: Experiment, name: str, max_steps: int, extra_callbacks: l
         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
         default_root_dir=str(folder), use_distributed_sampler=True,
     )
-
-
-def _resume_checkpoint(folder: Path) -> str | None:
-    """``last.ckpt`` when it exists and loads as plain data; otherwise it is set aside with a
-    warning and the stage starts afresh.
-
-    The check and Lightning's resume both read it with ``weights_only=True``: tensors, numbers,
-    strings and containers only, so a crafted checkpoint cannot run code when loaded. One that
-    holds anything else is refused, like a truncated one.
-    """
-    import pickle
-
-    import torch
-
-    last = folder / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        return None
-    try:
-        torch.load(last, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated by a kill before atomic writes, damaged, or crafted
-        bad = last.with_suffix(".ckpt.corrupt")
-        why = (f"refused: it holds objects that would run code when loaded "
-               f"({str(exc).splitlines()[0][:200]})" if isinstance(exc, pickle.UnpicklingError)
-               else f"cannot be read ({exc})")
-        log.warning("checkpoint %s %s; moved to %s, starting the stage afresh", last, why, bad)
-        if global_rank() == 0:
-            os.replace(last, bad)
-        return None
-    return str(last)
-
-
-def load_weights(path: Path) -> dict[str, Any]:
-    """Read a stage's ``weights.pt``; errors name the file."""
-    import torch
-
-    if not path.is_file():
-        raise FileNotFoundError(f"stage weights not found: {path} (run that stage first)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"cannot read stage weights {path}: {exc}") from exc
-
-
-def load_task_net(exp: Experiment, name: str) -> "TaskNet":
-    """The trained task network of stage ``name`` (n1, n1_A, n1_B, n2, oracle), in eval mode."""
-    from .models import FULL_RESOLUTION_WIDTHS, TaskNet, resplit_state_dict
-
-    record = load_weights(weights_path(exp, name))
-    # records written before decoder widths were configurable hold the full-resolution decoder
-    widths = tuple(record.get("decoder_widths", FULL_RESOLUTION_WIDTHS))
-    # cut where the experiment transfers (Fig. 4: one N serves every feature level)
-    level = exp.model.feature_level
-    net = TaskNet(record["task"], record["depth"], record["norm"], level, widths)
-    net.load_state_dict(resplit_state_dict(record["state_dict"], record["feature_level"], level))
-    return net.eval()
-
-
-def load_transfer_net(exp: Experiment) -> "TransferNet":
-    """The trained transfer network G, in eval mode."""
-    from .models import TransferNet
-
-    record = load_weights(weights_path(exp, "g"))
-    g = TransferNet(record["channels"], record["norm"], record["hidden"], record["out_channels"])
-    g.load_state_dict(record["state_dict"])
-    return g.eval()
-
-
-def _weights_record(exp: Experiment, module: Any) -> dict[str, Any]:
-    from .lit import TaskModule
-
-    def cpu(sd: dict) -> dict:
-        return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
-
-    m = exp.model
-    if isinstance(module, TaskModule):
-        return {"kind": "task_net", "task": module.task, "depth": m.depth, "norm": m.norm,
-                "feature_level": m.feature_level, "decoder_widths": list(module.net.decoder.widths),
-                "state_dict": cpu(module.net.state_dict())}
-    g = module.g
-    hidden = g.down[0][0].out_channels
-    return {"kind": "transfer_net", "channels": g.channels, "out_channels": g.out_channels,
-            "hidden": hidden, "norm": m.norm, "state_dict": cpu(g.state_dict())}
 
 
 def train_stage(exp: Experiment, name: str) -> dict[str, Any]:
@@ -401,7 +241,7 @@ def _train_stage(exp: Experiment, name: str, folder: Path) -> dict[str, Any]:
 
         def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             if trainer.global_step >= steps and trainer.is_global_zero:
-                _write_done(exp, name, pl_module, trainer.global_step, previous + time.monotonic() - started)
+                write_done(exp, name, pl_module, trainer.global_step, previous + time.monotonic() - started)
             trainer.strategy.barrier("atdt-stage-done")
 
     class Timer(Callback):
@@ -413,7 +253,7 @@ def _train_stage(exp: Experiment, name: str, folder: Path) -> dict[str, Any]:
                                   json.dumps({"seconds": previous + time.monotonic() - started}) + "\n")
 
     trainer = _make_trainer(exp, name, steps, [Timer(), Finish()])
-    resume = _resume_checkpoint(folder)
+    resume = resume_checkpoint(folder)
     what = task or ("G (Eq. 3)" if exp.transfer.task_loss == 0 else
                     f"G (Eq. 3 + {exp.transfer.task_loss:g} x {exp.task2} loss through D2"
                     f"{', class weights ' + exp.transfer.class_weights if exp.transfer.class_weights != 'none' else ''})")
@@ -421,7 +261,7 @@ def _train_stage(exp: Experiment, name: str, folder: Path) -> dict[str, Any]:
              f", resuming from {resume}" if resume else "")
     trainer.fit(module, train_dataloaders=loader, ckpt_path=resume, weights_only=True)
     if not is_done(exp, name) and trainer.global_step >= steps and trainer.is_global_zero:
-        _write_done(exp, name, module, trainer.global_step, previous + time.monotonic() - started)
+        write_done(exp, name, module, trainer.global_step, previous + time.monotonic() - started)
     if not is_done(exp, name):
         raise RuntimeError(f"stage {name} stopped at step {trainer.global_step} of {steps} without finishing")
     return json.loads((folder / "done.json").read_text())
@@ -432,17 +272,6 @@ def _previous_seconds(folder: Path) -> float:
         return float(json.loads((folder / "time.json").read_text())["seconds"])
     except (OSError, ValueError, KeyError):
         return 0.0
-
-
-def _write_done(exp: Experiment, name: str, module: Any, step: int, seconds: float) -> None:
-    import torch
-
-    with atomic_path(weights_path(exp, name)) as tmp:
-        torch.save(_weights_record(exp, module), tmp)
-    done = {"stage": name, "steps": step, "seconds": round(seconds, 1), "precision": exp.trainer.precision,
-            "final_loss": module.last_loss, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write(stage_dir(exp, name) / "done.json", json.dumps(done, indent=2) + "\n")
-    log.info("stage %s: finished %d steps in %.0f s (final loss %.4f)", name, step, seconds, module.last_loss)
 
 
 def load_networks(cfg_or_path: Experiment | str | os.PathLike) -> tuple["TaskNet", "TaskNet", "TransferNet", dict[str, Any]]:

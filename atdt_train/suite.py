@@ -212,7 +212,8 @@ def share_plan(experiments: dict[str, Experiment]) -> dict[tuple[str, str], str]
 
 def link_shared(row: str, experiments: dict[str, Experiment], plan: dict[tuple[str, str], str]) -> None:
     """Point the row's shared stage folders at their owners' (relative symlinks)."""
-    from .stages import is_done, stage_dir, training_stages
+    from .checkpoints import is_done, stage_dir
+    from .stages import training_stages
 
     exp = experiments[row]
     for stage in training_stages(exp):

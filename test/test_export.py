@@ -222,7 +222,8 @@ def test_cli_exports_a_trained_experiment(tmp_path) -> None:
     """`atdt_train export` on an experiment trained for one step per stage (tiny domains)."""
     from atdt_train.cli import main
     from atdt_train.config import load_experiment
-    from atdt_train.stages import train_stage, weights_path
+    from atdt_train.checkpoints import weights_path
+    from atdt_train.stages import train_stage
 
     lists = {d: chain_helpers.write_tiny_domain(tmp_path / d, d) for d in "AB"}
     exp_path = tmp_path / "tiny.yaml"

@@ -154,7 +154,7 @@ def test_a_symbolic_link_out_of_the_model_directory_is_refused(chain, tmp_path) 
 
 def test_a_crafted_checkpoint_is_refused_and_set_aside(tmp_path, caplog) -> None:
     from atdt_train.lit import AtomicCheckpointIO
-    from atdt_train.stages import _resume_checkpoint
+    from atdt_train.checkpoints import resume_checkpoint
 
     marker = tmp_path / "ran"
     folder = tmp_path / "stage"
@@ -164,7 +164,7 @@ def test_a_crafted_checkpoint_is_refused_and_set_aside(tmp_path, caplog) -> None
     with pytest.raises(Exception, match="Weights only load failed"):
         AtomicCheckpointIO().load_checkpoint(last)  # what Lightning's resume calls
     with caplog.at_level(logging.WARNING):
-        assert _resume_checkpoint(folder) is None
+        assert resume_checkpoint(folder) is None
     assert f"checkpoint {last} refused: it holds objects that would run code" in caplog.text
     assert not last.exists() and last.with_suffix(".ckpt.corrupt").exists()
     assert not marker.exists()

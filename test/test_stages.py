@@ -200,7 +200,8 @@ def test_frozen_encoders_stay_frozen_while_g_trains(dep2sem_run):
     import lightning as L
 
     from atdt_train.lit import TransferModule
-    from atdt_train.stages import load_task_net, train_loader
+    from atdt_train.checkpoints import load_task_net
+    from atdt_train.stages import train_loader
 
     e1 = load_task_net(dep2sem_run, "n1").encoder
     e2 = load_task_net(dep2sem_run, "n2").encoder
@@ -237,7 +238,8 @@ def test_g_task_loss_flows_through_the_frozen_d2(dep2sem_run):
     import torch.nn.functional as F
 
     from atdt_train.lit import TransferModule
-    from atdt_train.stages import class_pixel_counts, load_task_net, train_loader
+    from atdt_train.checkpoints import load_task_net
+    from atdt_train.stages import class_pixel_counts, train_loader
 
     exp = dataclasses.replace(dep2sem_run, transfer=dataclasses.replace(dep2sem_run.transfer, task_loss=0.5,
                                                                         class_weights="inverse_sqrt"))
@@ -276,7 +278,8 @@ def _logged_steps(stage_folder: Path, version: int) -> list[int]:
 
 
 def test_resumed_stage_continues_from_its_checkpoint(domains, tmp_path, caplog):
-    from atdt_train.stages import stage_dir, train_stage
+    from atdt_train.checkpoints import stage_dir
+    from atdt_train.stages import train_stage
 
     data = experiment(domains, tmp_path / "out", steps=2, trainer={"checkpoint_every": 2})
     exp = experiment_from_dict(data)
@@ -300,7 +303,7 @@ def test_resumed_stage_continues_from_its_checkpoint(domains, tmp_path, caplog):
 
 
 def test_stage_force_retrains_from_step_zero(domains, tmp_path, caplog):
-    from atdt_train.stages import load_weights, stage_dir, weights_path
+    from atdt_train.checkpoints import load_weights, stage_dir, weights_path
 
     data = experiment(domains, tmp_path / "out", steps=2, trainer={"checkpoint_every": 1})
     path = write_yaml(tmp_path / "exp.yaml", data)
@@ -319,7 +322,8 @@ def test_stage_force_retrains_from_step_zero(domains, tmp_path, caplog):
 
 
 def test_a_seeded_stage_repeats_bit_for_bit(domains, tmp_path):
-    from atdt_train.stages import load_weights, train_stage, weights_path
+    from atdt_train.checkpoints import load_weights, weights_path
+    from atdt_train.stages import train_stage
 
     def weights(out: str, seed: int) -> dict[str, torch.Tensor]:
         exp = experiment_from_dict(experiment(domains, tmp_path / out, steps=3, seed=seed))
@@ -334,7 +338,8 @@ def test_a_seeded_stage_repeats_bit_for_bit(domains, tmp_path):
 
 
 def test_bf16_training_runs_or_falls_back_to_fp32_with_a_warning(domains, tmp_path, caplog):
-    from atdt_train.stages import load_weights, stage_dir, train_stage, weights_path
+    from atdt_train.checkpoints import load_weights, stage_dir, weights_path
+    from atdt_train.stages import train_stage
 
     exp = experiment_from_dict(experiment(domains, tmp_path / "out", steps=2,
                                           trainer={"precision": "bf16-mixed", "channels_last": True}))
@@ -352,7 +357,8 @@ def test_bf16_training_runs_or_falls_back_to_fp32_with_a_warning(domains, tmp_pa
 def test_weights_record_their_decoder_and_older_records_load(domains, tmp_path):
     from atdt_train.models import FULL_RESOLUTION_WIDTHS, TaskNet
     from atdt_ros.files import atomic_path
-    from atdt_train.stages import load_task_net, train_stage, weights_path
+    from atdt_train.checkpoints import load_task_net, weights_path
+    from atdt_train.stages import train_stage
 
     exp = experiment_from_dict(experiment(domains, tmp_path / "out", steps=1,
                                           model={"decoder_widths": [32, 16]}))

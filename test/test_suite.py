@@ -191,7 +191,8 @@ def test_a_stage_held_by_another_process_is_waited_for_then_skipped(domains, tmp
     import shutil
     import threading
 
-    from atdt_train.stages import stage_dir, train_stage
+    from atdt_train.checkpoints import stage_dir
+    from atdt_train.stages import train_stage
 
     done_exp = experiment_from_dict(experiment(domains, tmp_path / "done"))
     assert main(["stage", "n2", write_yaml(tmp_path / "done.yaml", experiment(domains, tmp_path / "done"))]) == 0
