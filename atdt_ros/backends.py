@@ -29,9 +29,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from atdt_ros.artifact import (
-    ENGINES_DIR, ArtifactError, Metadata, format_path, load_metadata, sha256_file,
+    ENGINES_DIR, ArtifactError, Metadata, format_files, format_path, load_metadata, sha256_file,
 )
 from atdt_ros.files import atomic_write
+from atdt_ros.library_output import captured, summary
 from atdt_ros.privacy import UnsafeCacheError, compiler_cache_env
 
 LOG = logging.getLogger(__name__)
@@ -114,8 +115,12 @@ def compile_frozen(module: Any, first_call: Any) -> Any:
     import torch._inductor.config as inductor_config
 
     compiled = torch.compile(module, dynamic=False)
-    with inductor_config.patch(freezing=True):
-        first_call(compiled)
+    try:  # a failed compile's own log lines are folded into the caller's message
+        with captured("torch._dynamo", "torch._inductor") as held, \
+                inductor_config.patch(freezing=True):
+            first_call(compiled)
+    except Exception as exc:
+        raise BackendUnavailable(f"torch.compile failed: {summary(exc, held)}") from exc
     return compiled
 
 
@@ -147,16 +152,12 @@ class TorchBackend:
         _set_threads(threads)
         self.device, self.precision, self.compiled = device, precision, bool(compile)
         self._device = _torch_device(device)
-        export_log = logging.getLogger("torch.export")
-        level = export_log.level
-        export_log.setLevel(logging.ERROR)  # its own traceback of a failed load: ours names the file
-        try:
-            program = torch.export.load(str(path))
+        try:  # torch.export logs its own traceback of a failed load: folded into ours
+            with captured("torch.export") as held:
+                program = torch.export.load(str(path))
         except Exception as exc:  # corrupt or written by an incompatible torch
             raise ArtifactError(f"{path} cannot be loaded by torch {torch.__version__}: "
-                                f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            export_log.setLevel(level)
+                                f"{summary(exc, held)}") from exc
         self._module = program.module().to(self._device)
         self._bf16 = precision == "bf16"
         if self._bf16 and self._device.type == "cpu" and not native_bf16():
@@ -176,9 +177,8 @@ class TorchBackend:
                 self.infer(blank)
             try:
                 self._module = compile_frozen(eager, first_call)
-            except Exception as exc:  # no C++ compiler, unsupported op, ...
-                raise BackendUnavailable(f"backend torch with compile: torch.compile failed: "
-                                         f"{type(exc).__name__}: {exc}") from exc
+            except BackendUnavailable as exc:  # no C++ compiler, unsupported op, ...
+                raise BackendUnavailable(f"backend torch with compile: {exc}") from exc
             self.compile_seconds = time.perf_counter() - started
             LOG.info("torch.compile (%s, %s): ready in %.1f s", precision, device,
                      self.compile_seconds)
@@ -245,11 +245,15 @@ class OnnxRuntimeBackend:
                     f"CUDAExecutionProvider (available: {ort.get_available_providers()})")
             providers.insert(0, "CUDAExecutionProvider")
         options = onnxruntime_options(threads)
-        try:
-            self._session = ort.InferenceSession(str(path), options, providers=providers)
+        try:  # ONNX Runtime's logger prints the reason to fd 2 before raising: folded into ours
+            with captured() as held:
+                self._session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:
-            raise ArtifactError(f"{path} cannot be loaded by onnxruntime {ort.__version__}: "
-                                f"{type(exc).__name__}: {exc}") from exc
+            reason = summary(exc, held)
+            data = [p for p in format_files(metadata, "onnx")[1:] if "external" in reason.lower()]
+            with_data = f" (with its external data {', '.join(data)})" if data else ""
+            raise ArtifactError(f"{path}{with_data} cannot be loaded by onnxruntime "
+                                f"{ort.__version__}: {reason}") from exc
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
         missing = {"depth", "semantic"} - set(self._outputs)

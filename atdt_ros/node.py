@@ -69,6 +69,7 @@ from atdt_ros.interface import (  # the interface, defined once
     SEMANTIC,
     SEMANTIC_COLOR,
 )
+from atdt_ros.library_output import captured, summary
 from atdt_ros.sanitize import MAX_MESSAGE, printable
 
 PARAMETERS: dict[str, Any] = {
@@ -106,6 +107,11 @@ the one message."""
 
 class StartupError(RuntimeError):
     """The node cannot start: bad parameters, missing/corrupt model, unavailable backend."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An error message on one line (a library's reason may hold line breaks)."""
+    return re.sub(r"\s*\n\s*", " ", str(exc)).strip()
 
 
 def qos_profile(kind: str, depth: int, name: str) -> QoSProfile:
@@ -256,7 +262,7 @@ class PerceptionNode(LifecycleNode):
         except StartupError as exc:
             self.startup_error = exc
             if not self.p["autostart"]:  # with autostart, main reports it once and exits 2
-                self.get_logger().error(f"configure failed: {exc}")
+                self.get_logger().error(f"configure failed: {one_line(exc)}")
             self.metadata = self.backend = None
             return TransitionCallbackReturn.FAILURE
         self.startup_error = None
@@ -449,12 +455,13 @@ class PerceptionNode(LifecycleNode):
         that does not fit stops the node here, not as a rejection of every camera frame."""
         inp = self.metadata.input
         where = f"{self.p['model_path']}/metadata.json"
-        try:
-            out = backend.infer(np.zeros((1, 3, inp.height, inp.width), np.float32))
+        try:  # what the library prints on the way is folded into the one message
+            with captured("torch.export") as held:
+                out = backend.infer(np.zeros((1, 3, inp.height, inp.width), np.float32))
         except Exception as exc:
             raise StartupError(
                 f"the model does not run on a blank {inp.width}x{inp.height} frame, the input "
-                f"size {where} gives: {type(exc).__name__}: {printable(exc, 300)}") from exc
+                f"size {where} gives: {printable(summary(exc, held), 400)}") from exc
         want = {"depth": (1, 1, inp.height, inp.width), "semantic": (1, inp.height, inp.width)}
         got = {k: tuple(np.shape(out.get(k))) for k in want}
         if got != want:
@@ -705,9 +712,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise StartupError("configure failed (the log above says why)")
                 if not node.build_only:
                     node.trigger_activate()
-        except StartupError as exc:
-            rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
-            print(f"{NODE_NAME}: cannot start: {exc}", file=sys.stderr, flush=True)
+        except StartupError as exc:  # one line (stderr, /rosout, the log file), no traceback
+            rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {one_line(exc)}")
             return 2
         if not node.p["autostart"] and not node.build_only:
             node.get_logger().info("autostart false: unconfigured, waiting for a lifecycle manager")

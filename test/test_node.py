@@ -572,3 +572,71 @@ def test_a_corrupt_pt2_stops_the_node_without_library_tracebacks(tmp_path, chain
     assert code == 2, out
     assert f"{model / 'chain.pt2'} cannot be loaded by torch" in out
     assert "Traceback" not in out, out
+
+
+def _linked_model(chain: Path, dst: Path, edit: dict) -> Path:
+    """A model directory of hard links to ``chain``'s files except those ``edit`` rewrites
+    (name -> function of the old bytes), metadata.json re-hashed as if exported that way."""
+    from atdt_ros.artifact import sha256_file
+
+    dst.mkdir()
+    for src in chain.iterdir():
+        if src.is_file() and src.name not in edit and src.name != "metadata.json":
+            os.link(src, dst / src.name)
+    raw = json.loads((chain / "metadata.json").read_text())
+    for name, change in edit.items():
+        if name == "metadata.json":
+            change(raw)
+            continue
+        (dst / name).write_bytes(change((chain / name).read_bytes()))
+        raw["files"][name] = sha256_file(dst / name)
+    (dst / "metadata.json").write_text(json.dumps(raw))
+    return dst
+
+
+def _pt2_without_weight(data: bytes) -> bytes:
+    """A torch.export archive with one weight truncated: torch.export.load logs a traceback."""
+    import copy
+    import io
+    import zipfile
+
+    src, out = zipfile.ZipFile(io.BytesIO(data)), io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            body = src.read(info.filename)
+            if info.filename.endswith("data/weights/weight_0"):
+                body = body[:100]
+            dst.writestr(copy.copy(info), body)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("case, backend, edit, file, why", [
+    ("onnx_data_truncated", "onnxruntime", {"chain.onnx.data": lambda b: b[:5_000_000]},
+     "chain.onnx", "External initializer"),
+    ("onnx_truncated", "onnxruntime", {"chain.onnx": lambda b: b[:5000]},
+     "chain.onnx", "Protobuf parsing failed"),
+    ("input_size_onnx", "onnxruntime",
+     {"metadata.json": lambda r: r["input"].update(height=60, width=100)},
+     "metadata.json", "does not run on a blank 100x60 frame"),
+    ("input_size_torch", "torch",
+     {"metadata.json": lambda r: r["input"].update(height=60, width=100)},
+     "metadata.json", "does not run on a blank 100x60 frame"),
+    ("pt2_weight_truncated", "torch", {"chain.pt2": _pt2_without_weight},
+     "chain.pt2", "out of bounds for storage"),
+])
+def test_a_model_the_library_cannot_load_stops_with_one_line_and_no_library_output(
+        tmp_path, chain, case, backend, edit, file, why) -> None:
+    # ONNX Runtime's logger printed `[E:onnxruntime:...]` and torch.export its traceback (then
+    # "check the warnings above") before the node's own line, which came twice (log and print)
+    model = _linked_model(chain, tmp_path / case, edit)
+    proc = subprocess.run(
+        [sys.executable, "-m", "atdt_ros.node", "--ros-args", "--params-file",
+         str(_params_file(tmp_path, model, backend=backend, trust_model_code=True))],
+        capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "[E:onnxruntime" not in proc.stderr, proc.stderr
+    assert "warnings above" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "cannot start" in lines[0] and str(model / file) in lines[0] and why in lines[0], lines[0]
+    assert proc.stdout.strip() == "", proc.stdout
