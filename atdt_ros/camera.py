@@ -9,7 +9,8 @@ with ``binning_x``/``binning_y`` > 1 or a non-empty ``roi`` is the ROI of that i
 
 applied to the rows of K and P. :func:`image_matrices` computes them, and their rescaling when
 the image has yet another size. The node uses them for the focal length of focal-normalised
-depth (from P, the projection of the image as published) and for the camera_info it publishes.
+depth (from P, the projection of the image as published), for the camera_info it publishes and
+for the point cloud it back-projects from depth.
 Numpy only.
 """
 
@@ -33,6 +34,12 @@ class ImageGeometry:
     def focal_x(self) -> float:
         """fx of the image, from P (K where P is all zero)."""
         return float(self.p[0, 0] if self.p[0, 0] > 0 else self.k[0, 0])
+
+    @property
+    def intrinsics(self) -> np.ndarray:
+        """The 3x3 intrinsic matrix of the image: P's left 3x3 (K where P is all zero), as
+        image_geometry's PinholeCameraModel and depth_image_proc take it."""
+        return self.p[:, :3].copy() if self.p[0, 0] > 0 else self.k.copy()
 
 
 def image_matrices(k, p, width: int, height: int, binning_x: int = 0, binning_y: int = 0,
