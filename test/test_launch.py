@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import re
 from pathlib import Path
 
 import pytest
@@ -59,13 +58,35 @@ def test_launch_file_structure() -> None:
     assert [_const(k) for k in params[1].keys] == ["model_path", "autostart"]
 
 
-def test_launch_targets_exist_in_the_package() -> None:
-    setup = (REPO / "setup.py").read_text()
-    assert "atdt_perception = atdt_ros.node:main" in setup  # the executable the launch runs
-    assert re.search(r'"share/" \+ PACKAGE \+ "/config", glob\("config/\*\.yaml"\)', setup)
-    assert re.search(r'"share/" \+ PACKAGE \+ "/launch", glob\("launch/\*\.py"\)', setup)
-    assert 'get_package_share_directory("atdt_ros"), "config",' in LAUNCH.read_text()
-    assert PARAMS.is_file()
+def test_launch_targets_exist_in_the_package(monkeypatch) -> None:
+    """What setup.py really installs (its data_files and console scripts, evaluated by
+    setuptools) holds the params file the launch file defaults to, the launch file itself, and
+    the executable its Node starts, resolving to the node's main."""
+    import importlib
+    import os
+    import warnings
+
+    monkeypatch.chdir(REPO)  # setup.py globs relative to the repository
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from distutils.core import run_setup
+
+        dist = run_setup(str(REPO / "setup.py"), stop_after="init")
+    installed = {f"{dest}/{Path(src).name}": src for dest, sources in dist.data_files for src in sources}
+    (join,) = [c for c in _calls(_tree(), "join") if _calls(c, "get_package_share_directory")]
+    (share_call,) = _calls(join, "get_package_share_directory")
+    package = _const(share_call.args[0])
+    default_params = os.path.join("share", package, *(_const(a) for a in join.args[1:]))
+    assert installed[default_params] == "config/perception.yaml" and (REPO / installed[default_params]) == PARAMS
+    assert installed[f"share/{package}/launch/{LAUNCH.name}"] == "launch/perception.launch.py"
+    assert installed[f"share/ament_index/resource_index/packages/{package}"] == f"resource/{package}"
+
+    (node,) = _calls(_tree(), "Node")
+    kw = {k.arg: _const(k.value) for k in node.keywords}
+    scripts = dict(line.replace(" ", "").split("=") for line in dist.entry_points["console_scripts"])
+    assert kw["package"] == package and scripts[kw["executable"]] == "atdt_ros.node:main"
+    module, attr = scripts[kw["executable"]].split(":")
+    assert callable(getattr(importlib.import_module(module), attr))  # the entry point resolves
 
 
 def test_params_file_declares_exactly_the_node_parameters() -> None:
