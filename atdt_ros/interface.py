@@ -19,6 +19,7 @@ DEPTH: str = "depth"                    # sensor_msgs/Image 32FC1, metres
 OUTPUT_CAMERA_INFO: str = "camera_info"  # sensor_msgs/CameraInfo of ~/depth
 SEMANTIC: str = "semantic"              # sensor_msgs/Image mono8 class ids
 SEMANTIC_COLOR: str = "semantic_color"  # sensor_msgs/Image rgb8
+POINTS: str = "points"                  # sensor_msgs/PointCloud2, organised xyz + label
 CLASS_MAP: str = "class_map"            # atdt_msgs/ClassMap, latched
 LABEL_INFO: str = "label_info"          # vision_msgs/LabelInfo, latched (where vision_msgs imports)
 DIAGNOSTICS: str = "/diagnostics"       # diagnostic_msgs/DiagnosticArray

@@ -34,7 +34,7 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 from rclpy.task import Future
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 
 from atdt_ros.artifact import ArtifactError, load_metadata
 from atdt_ros.backends import (
@@ -65,11 +65,13 @@ from atdt_ros.interface import (  # the interface, defined once
     LABEL_INFO,
     NODE_NAME,
     OUTPUT_CAMERA_INFO,
+    POINTS,
     QOS_CHOICES,
     SEMANTIC,
     SEMANTIC_COLOR,
 )
 from atdt_ros.library_output import captured, summary
+from atdt_ros.pointcloud import POINT_FIELDS, POINT_STEP, PointCloudBuilder
 from atdt_ros.sanitize import MAX_MESSAGE, printable
 
 PARAMETERS: dict[str, Any] = {
@@ -85,6 +87,7 @@ PARAMETERS: dict[str, Any] = {
     "publish_depth": True,         # ~/depth and ~/camera_info
     "publish_semantic": True,      # ~/semantic
     "publish_semantic_color": True,  # ~/semantic_color
+    "publish_pointcloud": True,    # ~/points (xyz + label from depth and camera_info)
     "depth_sky": "inf",            # depth on sky pixels: inf | nan | keep (REP 117)
     "depth_range_limits": True,    # beyond metadata depth.max -> +Inf, below depth.min -> -Inf
     "depth_encoding": "32FC1",     # 32FC1 (metres) | 16UC1 (millimetres, 0 = no depth)
@@ -98,6 +101,9 @@ PARAMETERS: dict[str, Any] = {
     "error_throttle": 2.0,         # seconds between repeated rejection messages
 }
 
+
+POINT_TYPES: dict[str, int] = {"float32": PointField.FLOAT32, "uint32": PointField.UINT32}
+"""sensor_msgs/PointField datatypes of the numpy types in :data:`atdt_ros.pointcloud.POINT_FIELDS`."""
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -291,6 +297,9 @@ class PerceptionNode(LifecycleNode):
         self.pub_info = self.create_publisher(CameraInfo, f"~/{OUTPUT_CAMERA_INFO}", out_qos)
         self.pub_semantic = self.create_publisher(Image, f"~/{SEMANTIC}", out_qos)
         self.pub_color = self.create_publisher(Image, f"~/{SEMANTIC_COLOR}", out_qos)
+        self.pub_points = self.create_publisher(PointCloud2, f"~/{POINTS}", out_qos) \
+            if self.p["publish_pointcloud"] else None
+        self.cloud = PointCloudBuilder()
         self.pub_diag = self.create_publisher(DiagnosticArray, DIAGNOSTICS, 10)
         self._publish_class_map()
         self.pub_label_info = self._publish_label_info()
@@ -302,6 +311,7 @@ class PerceptionNode(LifecycleNode):
         self._active = [self.pub_depth, self.pub_info, self.pub_semantic, self.pub_color,
                         self.pub_diag, self.pub_class_map, self.sub_info,
                         *([self.pub_label_info] if self.pub_label_info else []),
+                        *([self.pub_points] if self.pub_points else []),
                         self.create_timer(0.2, self._update_subscription),
                         self.create_timer(float(self.p["diagnostics_period"]),
                                           self._publish_diagnostics)]
@@ -410,9 +420,10 @@ class PerceptionNode(LifecycleNode):
             raise StartupError(f"parameter device: '{printable(values['device'])}' is not one of "
                                f"cpu, cuda, cuda:N")
         if not (values["publish_depth"] or values["publish_semantic"]
-                or values["publish_semantic_color"]):
-            raise StartupError("parameters publish_depth, publish_semantic and "
-                               "publish_semantic_color are all false: nothing to publish")
+                or values["publish_semantic_color"] or values["publish_pointcloud"]):
+            raise StartupError("parameters publish_depth, publish_semantic, "
+                               "publish_semantic_color and publish_pointcloud are all false: "
+                               "nothing to publish")
         if not values["model_path"]:
             raise StartupError("parameter model_path is empty: set it to a directory written "
                                "by `atdt_train export`")
@@ -505,13 +516,14 @@ class PerceptionNode(LifecycleNode):
         return publisher
 
     # ---- subscriptions --------------------------------------------------------------------
-    def _wanted(self) -> tuple[bool, bool, bool]:
-        """Which outputs (depth, semantic, colour) are enabled and have subscribers."""
+    def _wanted(self) -> tuple[bool, bool, bool, bool]:
+        """Which outputs (depth, semantic, colour, points) are enabled and have subscribers."""
         depth = self.p["publish_depth"] and (self.pub_depth.get_subscription_count() > 0
                                              or self.pub_info.get_subscription_count() > 0)
         semantic = self.p["publish_semantic"] and self.pub_semantic.get_subscription_count() > 0
         color = self.p["publish_semantic_color"] and self.pub_color.get_subscription_count() > 0
-        return bool(depth), bool(semantic), bool(color)
+        points = self.pub_points is not None and self.pub_points.get_subscription_count() > 0
+        return bool(depth), bool(semantic), bool(color), bool(points)
 
     def _update_subscription(self) -> None:
         """Subscribe to the camera only while some output has a subscriber."""
@@ -579,8 +591,15 @@ class PerceptionNode(LifecycleNode):
                 self._reject(msg, f"processing failed: {type(exc).__name__}: {exc}")
 
     def _process(self, msg: Image, received: float) -> None:
-        want_depth, want_semantic, want_color = self._wanted()
-        if not (want_depth or want_semantic or want_color):
+        want_depth, want_semantic, want_color, want_points = self._wanted()
+        info = self._camera_info
+        calibrated = info is not None and (info.p[0] > 0 or info.k[0] > 0)
+        if want_points and not calibrated:  # no intrinsics, no points
+            self.get_logger().warning(f"~/{POINTS} has subscribers but no calibrated "
+                                      f"{self.sub_info.topic_name} has arrived: no point cloud "
+                                      f"until one does", once=True)
+            want_points = False
+        if not (want_depth or want_semantic or want_color or want_points):
             return
         if isinstance(msg, CompressedImage):
             pixels, encoding = decode_compressed(msg.format, msg.data), "bgr8"
@@ -596,22 +615,24 @@ class PerceptionNode(LifecycleNode):
         # receiving, its threads compete with this one for the CPU
         ready = []
         labels = None
-        if want_depth:
-            info = self._camera_info
-            focal = None
-            if info is not None and (info.p[0] > 0 or info.k[0] > 0):
-                focal = image_geometry(info, height, width).focal_x  # P, binning, ROI
+        if want_depth or want_points:
+            geometry = image_geometry(info, height, width) if calibrated else None  # P, binning, ROI
+            focal = geometry.focal_x if geometry is not None else None
             depth = self.post.depth_metres(out["depth"], height, width, focal)
-            if self.p["depth_sky"] != "keep":  # the sky mask needs labels, subscribed or not
+            if self.p["depth_sky"] != "keep" or want_points:  # sky mask, cloud labels
                 labels = self.post.semantic_ids(out["semantic"], height, width)
             depth_encoding = self.p["depth_encoding"]
             depth = self.post.depth_output(depth, labels, self.p["depth_sky"],
                                            bool(self.p["depth_range_limits"]), depth_encoding)
-            ready.append((self.pub_depth, self._image(msg, depth, depth_encoding)))
-            if info is not None:
-                scaled = scale_camera_info(info, height, width)
-                scaled.header = msg.header
-                ready.append((self.pub_info, scaled))
+            if want_depth:
+                ready.append((self.pub_depth, self._image(msg, depth, depth_encoding)))
+                if info is not None:
+                    scaled = scale_camera_info(info, height, width)
+                    scaled.header = msg.header
+                    ready.append((self.pub_info, scaled))
+            if want_points:  # from the depth as published (sky, range limits, 16UC1 rounding)
+                cloud = self.cloud(depth, labels, geometry.intrinsics)
+                ready.append((self.pub_points, self._cloud_message(msg, cloud)))
         if want_semantic or want_color:
             if labels is None:
                 labels = self.post.semantic_ids(out["semantic"], height, width)
@@ -636,6 +657,20 @@ class PerceptionNode(LifecycleNode):
         out.encoding = encoding
         out.is_bigendian = sys.byteorder == "big" if encoding in ("32FC1", "16UC1") else False
         out.data = data
+        return out
+
+    @staticmethod
+    def _cloud_message(source: Image, cloud: np.ndarray) -> PointCloud2:
+        out = PointCloud2()
+        out.header = source.header
+        out.height, out.width = cloud.shape
+        out.fields = [PointField(name=name, offset=offset, count=1,
+                                 datatype=POINT_TYPES[numpy_type])
+                      for name, offset, numpy_type in POINT_FIELDS]
+        out.is_bigendian = sys.byteorder == "big"
+        out.point_step, out.row_step = POINT_STEP, POINT_STEP * cloud.shape[1]
+        out.data = cloud.tobytes()
+        out.is_dense = False  # invalid depth gives NaN points
         return out
 
     # ---- diagnostics ------------------------------------------------------------------------

@@ -469,6 +469,7 @@ def test_unknown_parameter_in_the_yaml_stops_naming_it(tmp_path, chain) -> None:
     ({"diagnostics_period": 0.0001}, "parameter diagnostics_period: 0.0001 s is outside 0.01..3600"),
     ({"input_depth": 2 ** 31}, f"parameter input_depth: {2 ** 31} is outside 1..10000"),
     ({"diagnostics_period": "fast"}, "parameter diagnostics_period"),
+    ({"publish_pointcloud": "yes"}, "parameter publish_pointcloud"),
 ])
 def test_bad_parameter_values_stop_the_node_naming_them(tmp_path, chain, override, message) -> None:
     code, out = _run_to_exit(_params_file(tmp_path, chain, **override))

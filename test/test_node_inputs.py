@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 import chain_helpers
@@ -114,3 +115,105 @@ def test_a_lifecycle_manager_drives_every_transition(tmp_path, chain) -> None:
     finally:
         out = _stop(proc, client)
     assert "Traceback" not in out, out
+
+
+def _read_cloud(msg) -> dict[str, np.ndarray]:
+    """PointCloud2 -> one (height, width) array per field, read by the message's own field list
+    (an independent reader: sensor_msgs_py is not installed in this venv)."""
+    from sensor_msgs.msg import PointField
+
+    types = {PointField.FLOAT32: "f4", PointField.UINT32: "u4", PointField.UINT8: "u1"}
+    order = ">" if msg.is_bigendian else "<"
+    dtype = np.dtype({"names": [f.name for f in msg.fields],
+                      "formats": [order + types[f.datatype] for f in msg.fields],
+                      "offsets": [f.offset for f in msg.fields], "itemsize": msg.point_step})
+    rows = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.row_step)
+    points = rows[:, :msg.width * msg.point_step].copy().view(dtype).reshape(msg.height, msg.width)
+    return {name: points[name] for name in dtype.names}
+
+
+def test_the_point_cloud_is_the_published_depth_back_projected_with_its_labels(tmp_path, chain) -> None:
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, PointCloud2, PointField
+
+    from atdt_ros.interface import POINTS
+    from test_node import NODE
+
+    proc = _start(_params_file(tmp_path, chain, input_qos="reliable", input_depth=10,
+                               process_all=True, threads=1))
+    client = None
+    try:
+        client = Client()
+        client.got["points"] = []
+        points_sub = client.node.create_subscription(
+            PointCloud2, f"{NODE}/{POINTS}", lambda m: client._store("points", m),
+            QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        client.wait_for_node_subscription(proc)
+        # a 256x128 camera binned 2x2: the 128x64 image's fx 100, cx 60, fy 110, cy 30
+        info = CameraInfo()
+        info.width, info.height, info.binning_x, info.binning_y = 256, 128, 2, 2
+        info.k = [200.0, 0.0, 120.0, 0.0, 220.0, 60.0, 0.0, 0.0, 1.0]
+        info.p = [200.0, 0.0, 120.0, 0.0, 0.0, 220.0, 60.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        rgb = _frame(7)
+        for sec in range(90, 110):  # until camera_info has reached the node before a frame
+            info.header.stamp.sec = sec
+            client.pub_info.publish(info)
+            client.pub_image.publish(client.image(rgb, "rgb8", (sec, 5), frame_id="cam_optical"))
+            if client.wait(lambda: client.got["points"], timeout=3.0):
+                break
+        assert client.got["points"], "no point cloud arrived"
+        cloud = client.got["points"][0]
+        stamp = (cloud.header.stamp.sec, cloud.header.stamp.nanosec)
+        assert client.wait(lambda: any((m.header.stamp.sec, m.header.stamp.nanosec) == stamp
+                                       for m in client.got["semantic"]))
+        depth = next(m for m in client.got["depth"] if m.header.stamp.sec == stamp[0])
+        semantic = next(m for m in client.got["semantic"] if m.header.stamp.sec == stamp[0])
+        assert cloud.header == depth.header and cloud.header.frame_id == "cam_optical"
+        assert stamp[1] == 5
+        assert [(f.name, f.offset, f.datatype, f.count) for f in cloud.fields] == [
+            ("x", 0, PointField.FLOAT32, 1), ("y", 4, PointField.FLOAT32, 1),
+            ("z", 8, PointField.FLOAT32, 1), ("label", 12, PointField.UINT32, 1)]
+        assert (cloud.height, cloud.width, cloud.point_step, cloud.row_step) == (64, 128, 16, 16 * 128)
+        assert cloud.is_dense is False
+        got = _read_cloud(cloud)
+        d = _image_array(depth).astype(np.float64)
+        valid = np.isfinite(d) & (d > 0)
+        u, v = np.meshgrid(np.arange(128), np.arange(64))
+        rays = np.linalg.inv(np.array([[100.0, 0, 60], [0, 110.0, 30], [0, 0, 1]])) @ \
+            np.stack([u.ravel(), v.ravel(), np.ones(u.size)])
+        expected = np.where(valid, d, np.nan)[None] * rays.reshape(3, 64, 128)  # NaN: no point
+        for axis, name in enumerate("xyz"):
+            np.testing.assert_allclose(got[name], expected[axis], rtol=1e-5, atol=1e-6,
+                                       equal_nan=True, err_msg=name)
+        assert valid.any()
+        assert np.array_equal(got["label"], _image_array(semantic).astype(np.uint32))
+        # the cloud counts as an output: with only it subscribed the camera stays subscribed
+        for name in list(client.subs):
+            client.node.destroy_subscription(client.subs.pop(name))
+        time.sleep(1.0)
+        assert client.pub_image.get_subscription_count() == 1
+        client.node.destroy_subscription(points_sub)
+        deadline = time.monotonic() + 20
+        while client.pub_image.get_subscription_count() > 0:  # nobody wants any output
+            assert time.monotonic() < deadline, "camera still subscribed without subscribers"
+            time.sleep(0.05)
+    finally:
+        print(_stop(proc, client))
+
+
+def test_publish_pointcloud_false_advertises_no_cloud(tmp_path, chain) -> None:
+    from atdt_ros.interface import POINTS
+    from test_node import NODE
+
+    proc = _start(_params_file(tmp_path, chain, publish_pointcloud=False))
+    client = None
+    try:
+        client = Client()
+        client.wait_for_node_subscription(proc)
+        deadline = time.monotonic() + 20
+        while not client.node.get_publishers_info_by_topic(f"{NODE}/depth"):
+            assert time.monotonic() < deadline, "the node's ~/depth was never seen"
+            time.sleep(0.05)
+        assert client.node.get_publishers_info_by_topic(f"{NODE}/{POINTS}") == []
+    finally:
+        print(_stop(proc, client))
