@@ -86,8 +86,10 @@ def captured(*logger_names: str) -> Iterator[Captured]:
         if not failed:  # it worked: what the libraries said is theirs to say
             if out.text:
                 os.write(2, out.text.encode("utf-8", "replace"))
-            for record in out.records:
-                logging.getLogger(record.name).handle(record)
+            for record in out.records:  # as far as the restored levels would have shown them
+                source = logging.getLogger(record.name)
+                if source.isEnabledFor(record.levelno):
+                    source.handle(record)
 
 
 def clean(text: str) -> str:

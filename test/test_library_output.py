@@ -54,3 +54,16 @@ def test_a_message_already_in_the_exception_is_not_repeated() -> None:
     exc = RuntimeError(ORT_LINE.split("operator()] ")[1])
     assert summary(exc, Captured(text=ORT_LINE)) == clean(f"RuntimeError: {exc}")
     assert "\n" not in summary(exc, Captured(text=ORT_LINE))
+
+
+def test_log_records_of_a_working_load_are_passed_on_as_their_levels_allow(caplog) -> None:
+    lib = logging.getLogger("atdt_test.quiet")
+    lib.setLevel(logging.ERROR)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="atdt_test"):
+            with captured("atdt_test.quiet"):
+                lib.warning("below the logger's level: not shown")
+                lib.error("shown after the load")
+        assert [r.getMessage() for r in caplog.records] == ["shown after the load"]
+    finally:
+        lib.setLevel(logging.NOTSET)
