@@ -624,8 +624,14 @@ def _pt2_without_weight(data: bytes) -> bytes:
      "metadata.json", "does not run on a blank 100x60 frame"),
     ("pt2_weight_truncated", "torch", {"chain.pt2": _pt2_without_weight},
      "chain.pt2", "out of bounds for storage"),
+    ("mean_not_numeric", "onnxruntime", {"metadata.json": lambda r: r["input"].update(
+        mean=["a", 0.4, 0.4])}, "metadata.json", "input.mean: expected a list of numbers"),
+    ("colours_not_lists", "onnxruntime", {"metadata.json": lambda r: r["classes"].update(
+        colors=[1] * len(r["classes"]["ids"]))}, "metadata.json", "classes.colors: expected"),
+    ("depth_range_inverted", "onnxruntime", {"metadata.json": lambda r: r["depth"].update(
+        min=90.0, max=80.0)}, "metadata.json", "depth: min 90 must be below max 80"),
 ])
-def test_a_model_the_library_cannot_load_stops_with_one_line_and_no_library_output(
+def test_a_model_that_cannot_be_loaded_stops_with_one_line_and_no_library_output(
         tmp_path, chain, case, backend, edit, file, why) -> None:
     # ONNX Runtime's logger printed `[E:onnxruntime:...]` and torch.export its traceback (then
     # "check the warnings above") before the node's own line, which came twice (log and print)
