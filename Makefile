@@ -30,8 +30,12 @@ $(VENV)/.stamp-msgs: $(VENV)/.stamp-requirements $(MSG_SOURCES) msg/build_into_v
 	bash msg/build_into_venv.sh $(VENV)
 	touch $@
 
-$(VENV)/.stamp-project: $(VENV)/.stamp-msgs setup.py setup.cfg
+# two distributions: atdt_ros (the vehicle side, setup.py) and atdt_train (workstation/setup.py,
+# which depends on atdt_ros); their pinned dependencies are already in from requirements.txt.
+# One after the other: replacing an atdt_ros that also held atdt_train removes its scripts.
+$(VENV)/.stamp-project: $(VENV)/.stamp-msgs setup.py setup.cfg workstation/setup.py
 	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PIP) install -q --no-deps --no-build-isolation -e ./workstation
 	touch $@
 
 test: setup

@@ -125,7 +125,7 @@ def domains_dir() -> Path:
     here = Path(__file__).resolve().parents[2] / "config" / "domains"
     if here.is_dir():
         return here
-    installed = Path(sys.prefix) / "share" / "atdt_ros" / "config" / "domains"
+    installed = Path(sys.prefix) / "share" / "atdt_train" / "config" / "domains"  # workstation/setup.py
     return installed if installed.is_dir() else here
 
 
