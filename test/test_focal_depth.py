@@ -1,0 +1,146 @@
+"""Focal-normalised depth from the experiment file to the node's ~/depth.
+
+An experiment with ``depth.focal_normalised: true`` is trained for one step per stage on tiny
+domains whose cameras have known focal lengths (A: fx 50 px, B: fx 40 px, at the 32x64 input),
+exported with ``atdt_train export``, and served by the node in its own process over DDS. The
+network predicts depth for a camera of focal f_ref = fx of A's first training frame, so the node
+must publish the network's output times fx / f_ref: fx from the camera_info it received, or the
+B frames' fx recorded at export when it has none. Doubling fx doubles the depth.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import chain_helpers
+from test_node import Client, _image_array, _params_file, _start, _stop
+
+SIZE = (32, 64)
+FX_A, FX_B = 50.0, 40.0
+
+
+@pytest.fixture(scope="module")
+def focal_chain(tmp_path_factory) -> Path:
+    """The chain exported from a focal-normalised sem2dep experiment (depth = D2(G(E1(x))))."""
+    from atdt_train.cli import main
+    from atdt_train.config import load_experiment
+    from atdt_train.stages import train_stage
+
+    tmp = tmp_path_factory.mktemp("focal")
+    lists = {d: chain_helpers.write_tiny_domain(tmp / d, d, size=SIZE, fx=fx)
+             for d, fx in (("A", FX_A), ("B", FX_B))}
+    exp_path = tmp / "focal.yaml"
+    exp_path.write_text(json.dumps({
+        "name": "focal", "direction": "sem2dep", "out_dir": str(tmp / "run"),
+        "domains": {d: {"train": lists[d]["train"], "test": lists[d]["test"], "kind": "sim"}
+                    for d in "AB"},
+        "data": {"height": SIZE[0], "width": SIZE[1], "batch_size": 2, "num_workers": 0,
+                 "flip": False},
+        "steps": {"n1": 1, "n2": 1, "g": 1, "oracle": 1},
+        "depth": {"focal_normalised": True},
+        "trainer": {"progress_bar": False, "threads": 1},
+    }))
+    exp = load_experiment(exp_path)
+    for stage in ("n1", "n2", "g"):
+        train_stage(exp, stage)
+    out = tmp / "chain"
+    assert main(["export", str(exp_path), "--out", str(out), "--formats", "pt2",
+                 "--parity-frames", "1"]) == 0
+    return out
+
+
+def _network_depth(chain: Path, rgb: np.ndarray) -> np.ndarray:
+    """The exported program's own depth output on one frame (focal-normalised units)."""
+    import torch
+
+    from atdt_ros.artifact import IMAGE_MEAN, IMAGE_STD
+
+    x = (rgb.astype(np.float32) / 255.0 - np.float32(IMAGE_MEAN)) / np.float32(IMAGE_STD)
+    x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))
+    with torch.inference_mode():
+        depth, _ = torch.export.load(str(chain / "chain.pt2")).module()(x)
+    return depth[0, 0].numpy()
+
+
+def _camera_info(fx: float):
+    from sensor_msgs.msg import CameraInfo
+
+    h, w = SIZE
+    info = CameraInfo()
+    info.height, info.width = h, w
+    info.k = [fx, 0.0, w / 2, 0.0, fx, h / 2, 0.0, 0.0, 1.0]
+    info.p = [fx, 0.0, w / 2, 0.0, 0.0, fx, h / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info
+
+
+def _stamped(messages: list, stamp: tuple[int, int]) -> list:
+    return [m for m in list(messages) if (m.header.stamp.sec, m.header.stamp.nanosec) == stamp]
+
+
+def test_the_export_records_the_training_focal_and_the_default_one(focal_chain) -> None:
+    from atdt_ros.artifact import load_metadata
+
+    depth = load_metadata(focal_chain).depth
+    assert depth.focal_normalised is True
+    assert depth.focal_ref == FX_A      # fx of A's first training frame at the input size
+    assert depth.default_focal == FX_B  # fx of the parity frames (B's test split)
+
+
+def test_the_node_publishes_the_output_times_fx_over_the_training_focal(focal_chain, tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    rgb = np.kron(rng.integers(0, 256, size=(4, 8, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))
+    raw = _network_depth(focal_chain, rgb)
+    positive = raw > 0  # the node publishes no reading (NaN) where the output is not positive
+    assert 0.1 < positive.mean()
+    params = _params_file(tmp_path, focal_chain, backend="torch", trust_model_code=True,
+                          input_qos="reliable", threads=1, depth_sky="keep",
+                          depth_range_limits=False)
+    proc = _start(params)
+    client = None
+    try:
+        client = Client()
+        client.wait_for_node_subscription(proc)
+        depth_at: dict[float | None, np.ndarray] = {}
+
+        def frame(sec: int, fx: float | None) -> None:
+            """Publish the frame (after its camera_info, as a camera does) until the node answers
+            one with the camera_info of ``fx``."""
+            for attempt in range(50):
+                stamp = (sec, attempt)
+                if fx is not None:
+                    client.pub_info.publish(_camera_info(fx))
+                client.pub_image.publish(client.image(rgb, "rgb8", stamp))
+                wanted = ("depth",) if fx is None else ("depth", "camera_info")  # both go out
+                assert client.wait(lambda: all(_stamped(client.got[k], stamp) for k in wanted)), \
+                    f"no {' and '.join(wanted)} for the frame"
+                infos = _stamped(client.got["camera_info"], stamp)
+                if fx is None:
+                    assert not infos  # none received yet: the node used default_focal
+                elif infos[0].k[0] != fx:
+                    continue  # the image overtook the camera_info on its way: once more
+                (msg,) = _stamped(client.got["depth"], stamp)
+                assert (msg.encoding, msg.height, msg.width) == ("32FC1", *SIZE)
+                depth_at[fx] = _image_array(msg).copy()
+                return
+            raise AssertionError(f"the node never used the camera_info with fx {fx}")
+
+        frame(1, None)
+        frame(2, 100.0)
+        frame(3, 200.0)
+        for fx, scale in ((None, FX_B / FX_A), (100.0, 100.0 / FX_A), (200.0, 200.0 / FX_A)):
+            depth = depth_at[fx]
+            assert np.isnan(depth[~positive]).all(), fx
+            # the node's pre-processing and backend round differently from this process's
+            # (measured: <= 2e-6 in network units); a wrong focal is off by 20 % or more
+            np.testing.assert_allclose(depth[positive], raw[positive] * scale, rtol=1e-5,
+                                       atol=1e-5 * scale, err_msg=f"fx {fx}")
+        # doubling fx doubles the depth (a factor of 2 is exact in float32)
+        np.testing.assert_array_equal(depth_at[200.0][positive], 2 * depth_at[100.0][positive])
+        np.testing.assert_allclose(depth_at[100.0][positive], 2.5 * depth_at[None][positive],
+                                   rtol=1e-6, atol=0)
+    finally:
+        print(_stop(proc, client))
