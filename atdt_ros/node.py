@@ -14,6 +14,7 @@ Start it with ``atdt_perception --ros-args --params-file config/perception.yaml`
 from __future__ import annotations
 
 import collections
+import os
 import re
 import sys
 import threading
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import (
@@ -63,6 +65,7 @@ from atdt_ros.interface import (  # the interface, defined once
     DIAGNOSTICS,
     IMAGE,
     LABEL_INFO,
+    LOST,
     NODE_NAME,
     OUTPUT_CAMERA_INFO,
     POINTS,
@@ -73,6 +76,14 @@ from atdt_ros.interface import (  # the interface, defined once
 from atdt_ros.library_output import captured, summary
 from atdt_ros.pointcloud import POINT_FIELDS, POINT_STEP, PointCloudBuilder
 from atdt_ros.sanitize import MAX_MESSAGE, printable
+from atdt_ros.transport import (
+    ENV as TRANSPORT_ENV,
+    LostFrames,
+    TransportSettingError,
+    describe,
+    oversize_warning,
+    parse_builtin_transports,
+)
 
 PARAMETERS: dict[str, Any] = {
     "model_path": "",              # artifact directory written by `atdt_train export`
@@ -258,6 +269,8 @@ class PerceptionNode(LifecycleNode):
         self._active: list[Any] = []  # publishers, subscriptions and timers made by activate
         self.sub_image = None
         self._no_vision_msgs = False  # vision_msgs failed to import (said once)
+        self._no_message_lost = False  # the rmw cannot report lost messages (said once)
+        self.transport = self._state_transport()
         self.finished = Future()  # done once the node reaches Finalized
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -289,6 +302,9 @@ class PerceptionNode(LifecycleNode):
         self.inference_times: collections.deque = collections.deque(maxlen=200)
         self._lock = threading.Lock()
         self._camera_info: CameraInfo | None = None
+        self._encoding: str | None = None  # of the last raw image (sizes of camera_info frames)
+        self._oversize_said: set[tuple[int, int, str | None]] = set()
+        self.lost = LostFrames()
         self._window_start = time.monotonic()
 
         self.input_qos = qos_profile(self.p["input_qos"], self.p["input_depth"], "input_qos")
@@ -368,6 +384,18 @@ class PerceptionNode(LifecycleNode):
         if not self.backend.compiled:
             return ""
         return f", torch.compile took {self.backend.compile_seconds:.1f} s"
+
+    def _state_transport(self):
+        """Parse FASTDDS_BUILTIN_TRANSPORTS and say in one line what it sets for large messages
+        (None, with a warning, when the value cannot be read)."""
+        try:
+            transport = parse_builtin_transports(os.environ.get(TRANSPORT_ENV))
+        except TransportSettingError as exc:
+            self.get_logger().warning(f"{exc}; transport settings not stated, frame sizes not "
+                                      f"checked")
+            return None
+        self.get_logger().info(describe(transport))
+        return transport
 
     def _read_parameters(self) -> dict[str, Any]:
         from rcl_interfaces.msg import ParameterDescriptor
@@ -530,19 +558,56 @@ class PerceptionNode(LifecycleNode):
         active = any(self._wanted())
         if active and self.sub_image is None:
             if self.p["image_transport"] == "compressed":  # image_transport's convention
-                self.sub_image = self.create_subscription(
-                    CompressedImage, f"{IMAGE}/compressed", self._on_image, self.input_qos)
+                kind, topic = CompressedImage, f"{IMAGE}/compressed"
             else:
-                self.sub_image = self.create_subscription(Image, IMAGE, self._on_image,
-                                                          self.input_qos)
+                kind, topic = Image, IMAGE
+            self.sub_image = self._subscribe_counting_losses(kind, topic)
             self.get_logger().info(f"subscribed to {self.sub_image.topic_name}")
         elif not active and self.sub_image is not None:
             self.destroy_subscription(self.sub_image)
             self.sub_image = None
             self.get_logger().info("no subscribers on any output: camera unsubscribed")
 
+    def _subscribe_counting_losses(self, kind: type, topic: str) -> Any:
+        """The camera subscription, with the middleware's message_lost event counted (where the
+        rmw supports it; otherwise said once and subscribed without it)."""
+        if not self._no_message_lost:
+            try:
+                return self.create_subscription(
+                    kind, topic, self._on_image, self.input_qos,
+                    event_callbacks=SubscriptionEventCallbacks(message_lost=self._on_lost))
+            except UnsupportedEventTypeError as exc:
+                self._no_message_lost = True
+                self.get_logger().warning(f"lost frames on {topic} cannot be counted: "
+                                          f"{rclpy.get_rmw_implementation_identifier()} does not "
+                                          f"report message_lost ({one_line(exc)})")
+        return self.create_subscription(kind, topic, self._on_image, self.input_qos)
+
+    def _on_lost(self, info: Any) -> None:
+        """message_lost: frames the transport dropped before they reached the node."""
+        change = int(info.total_count_change)
+        with self._lock:
+            self.lost.add(change)
+            warning = self.lost.warning(self.sub_image.topic_name if self.sub_image else IMAGE,
+                                        change, self.transport)
+        self.get_logger().warning(warning, throttle_duration_sec=float(self.p["error_throttle"]))
+
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
+        if self.transport is None or self.p["image_transport"] != "raw" \
+                or not (msg.width and msg.height):
+            return
+        size = image_matrices(msg.k, msg.p, msg.width, msg.height, msg.binning_x,
+                              msg.binning_y, (msg.roi.x_offset, msg.roi.y_offset,
+                                              msg.roi.width, msg.roi.height))
+        key = (size.width, size.height, self._encoding)
+        if key in self._oversize_said:
+            return
+        self._oversize_said.add(key)
+        warning = oversize_warning(self.sub_info.topic_name, size.width, size.height,
+                                   self._encoding, self.transport)
+        if warning is not None:
+            self.get_logger().warning(warning)
 
     def _on_image(self, msg: Image) -> None:
         with self._lock:
@@ -556,6 +621,7 @@ class PerceptionNode(LifecycleNode):
                     raise InputError(f"unsupported compressed format "
                                      f"'{printable(msg.format, 40)}' (accepted: jpeg, png)")
             else:
+                self._encoding = msg.encoding
                 image_to_array(msg.encoding, msg.height, msg.width, msg.step, msg.data)
         except InputError as exc:
             self._reject(msg, str(exc))
@@ -686,6 +752,7 @@ class PerceptionNode(LifecycleNode):
             lat = np.array(self.latencies, dtype=np.float64) * 1e3
             inf = np.array(self.inference_times, dtype=np.float64) * 1e3
             totals = (c.received, c.processed, c.dropped, c.rejected, c.last_rejection)
+            lost = self.lost.total
         p50, p95, pmax = (np.percentile(lat, 50), np.percentile(lat, 95), lat.max()) \
             if lat.size else (0.0, 0.0, 0.0)
         status = DiagnosticStatus()
@@ -707,7 +774,7 @@ class PerceptionNode(LifecycleNode):
             "model_hash": self.metadata.model_hash[:16],
             "input_rate_hz": f"{in_rate:.2f}", "processed_rate_hz": f"{out_rate:.2f}",
             "received": str(totals[0]), "processed": str(totals[1]),
-            "dropped": str(totals[2]), "rejected": str(totals[3]),
+            "dropped": str(totals[2]), "rejected": str(totals[3]), LOST: str(lost),
             "latency_p50_ms": f"{p50:.1f}", "latency_p95_ms": f"{p95:.1f}",
             "latency_max_ms": f"{pmax:.1f}",
             "inference_p50_ms": f"{np.percentile(inf, 50) if inf.size else 0.0:.1f}",

@@ -217,3 +217,56 @@ def test_publish_pointcloud_false_advertises_no_cloud(tmp_path, chain) -> None:
         assert client.node.get_publishers_info_by_topic(f"{NODE}/{POINTS}") == []
     finally:
         print(_stop(proc, client))
+
+
+def test_transport_is_stated_and_an_oversized_camera_info_warned_once(tmp_path, chain) -> None:
+    """The start-up line states the node's FASTDDS_BUILTIN_TRANSPORTS; a camera_info of
+    4000x3000 (36 MB at an assumed 3 bytes per pixel, over the 8 MB segment) is warned about
+    once however often it comes, a 640x480 one never; the lost-frame count is published."""
+    import os
+
+    from rcl_interfaces.msg import Log
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo
+
+    from atdt_ros.interface import LOST
+
+    setting = "SHM?max_msg_size=2MB&sockets_size=8MB"
+    before = os.environ["FASTDDS_BUILTIN_TRANSPORTS"]
+    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = setting  # the node's process only
+    try:
+        proc = _start(_params_file(tmp_path, chain, input_qos="reliable", diagnostics_period=0.3))
+    finally:
+        os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = before
+    client = None
+    try:
+        client = Client()
+        logs: list[str] = []
+        client.got["rosout"] = logs
+        client.node.create_subscription(
+            Log, "/rosout", lambda m: client._store("rosout", m.msg),
+            QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        client.wait_for_node_subscription(proc)
+
+        def info(width: int, height: int) -> CameraInfo:
+            msg = CameraInfo()
+            msg.width, msg.height = width, height
+            msg.k = [1000.0, 0, width / 2, 0, 1000.0, height / 2, 0, 0, 1]
+            return msg
+        for size in [(4000, 3000)] * 3 + [(640, 480)] * 3 + [(4000, 3000), (5000, 4000)]:
+            client.pub_info.publish(info(*size))  # reliable, in order: 5000x4000 comes last
+        assert client.wait(lambda: any("5000x4000" in m for m in logs))
+        client.pub_image.publish(client.image(_frame(3), "rgb8", (90, 0)))
+        assert client.wait(lambda: any(m.header.stamp.sec == 90 for m in client.got["semantic"]))
+        assert client.wait(lambda: client.got["diag"] and client.diagnostics()["processed"] == "1")
+        assert client.diagnostics()[LOST] == "0"
+    finally:
+        out = _stop(proc, client)
+        print(out)
+    assert f"transport: Fast DDS SHM, 8 MB segments, 2 MB messages " \
+           f"(FASTDDS_BUILTIN_TRANSPORTS='{setting}')" in out
+    big = [line for line in out.splitlines() if "advertises 4000x3000 frames" in line]
+    assert len(big) == 1, out
+    assert "36 MB at 3 bytes per pixel (rgb8/bgr8 assumed" in big[0]
+    assert "more than the 8 MB shared-memory segment" in big[0]
+    assert "640x480" not in out
