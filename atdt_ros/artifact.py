@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atdt_ros import schema
 from atdt_ros.files import atomic_write
 
 FORMAT_VERSION: int = 2
@@ -172,33 +173,13 @@ def load_metadata(directory: str | os.PathLike) -> Metadata:
     return validate(raw, source=str(path))
 
 
-def _need(obj: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if not isinstance(obj, dict):
-        raise ArtifactError(f"{where}: expected an object, got {type(obj).__name__}")
-    if key not in obj:
-        raise ArtifactError(f"{where}: missing key '{key}'")
-    value = obj[key]
-    if kind is float:
-        kind = (int, float)
-    if isinstance(value, bool) and kind is not bool:
-        raise ArtifactError(f"{where}.{key}: expected {_kind_name(kind)}, got a boolean")
-    if not isinstance(value, kind):
-        raise ArtifactError(f"{where}.{key}: expected {_kind_name(kind)}, "
-                            f"got {type(value).__name__} {value!r}")
-    return value
+def _need(obj: Any, key: str, kind: Any, where: str) -> Any:
+    """One required key of the metadata, checked by the project's validation mechanism."""
+    return schema.take(obj, key, kind, where, ArtifactError)
 
 
 def _numbers(obj: dict, key: str, where: str) -> tuple[float, ...]:
-    values = _need(obj, key, list, where)
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        raise ArtifactError(f"{where}.{key}: expected a list of numbers, got {values!r:.80}")
-    return tuple(float(v) for v in values)
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    if isinstance(kind, tuple):
-        return " or ".join(k.__name__ for k in kind)
-    return kind.__name__
+    return tuple(_need(obj, key, list[float], where))
 
 
 def validate(raw: dict, source: str = METADATA_FILE) -> Metadata:

@@ -1,6 +1,7 @@
 """Experiment configuration: the YAML schema of ``config/experiments/*.yaml`` as dataclasses.
 
-Unknown keys and wrong types are errors naming the key (``model.depth: expected int, got str``).
+Unknown keys and wrong types are errors naming the key (``model.depth: expected one of 18, 34, 50,
+got 19``), checked by the project's one validation mechanism, :mod:`atdt_ros.schema`.
 Relative paths (filelists, ``out_dir``, ``model.init``) are taken relative to the working
 directory, the repository root in the shipped experiments.
 """
@@ -8,11 +9,11 @@ directory, the repository root in the shipped experiments.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from atdt_ros import schema
 
 DIRECTIONS: dict[str, tuple[str, str]] = {"dep2sem": ("depth", "semantic"), "sem2dep": ("semantic", "depth")}
 """direction -> (task 1, task 2): AT/DT transfers task-1 features to task 2."""
@@ -186,84 +187,11 @@ class Experiment:
         return data
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(tp):
-            try:
-                return _convert(value, option, key)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if origin is Literal:
-        if value in typing.get_args(tp) and type(value) in {type(a) for a in typing.get_args(tp)}:
-            return value
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{key}: expected null, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif tp is list:
-        if isinstance(value, list):
-            return value
-    elif tp is dict:
-        if isinstance(value, dict):
-            return value
-    else:  # pragma: no cover - schema error
-        raise TypeError(f"unsupported schema type {tp} at {key}")
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    where = prefix or "experiment"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        raise ConfigError(f"{prefix + '.' if prefix else ''}{unknown[0]}: unknown key; accepted keys: "
-                          f"{', '.join(fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        if name in data:
-            kwargs[name] = _convert(data[name], hints[name], key)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{key}: missing required key")
-    return cls(**kwargs)
-
-
 def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
-    """A dataclass from plain data (a parsed YAML mapping), by the same rules as experiments:
-    unknown keys, missing keys and wrong types are ``ConfigError``s naming the key."""
-    return _build(cls, data, prefix)
+    """A dataclass from plain data (a parsed YAML mapping), by the same rules as experiments
+    (:func:`atdt_ros.schema.build`): unknown keys, missing keys and wrong types are
+    ``ConfigError``s naming the key, the value and what is accepted."""
+    return schema.build(cls, data, prefix, ConfigError, root="experiment")
 
 
 def _validate(exp: Experiment) -> None:
@@ -334,7 +262,7 @@ def experiment_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str,
             if not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: {k} is not a mapping")
         node[keys[-1]] = value
-    exp = _build(Experiment, data, "")
+    exp = build_dataclass(Experiment, data)
     _validate(exp)
     return exp
 

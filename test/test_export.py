@@ -178,7 +178,7 @@ def _write(tmp: Path, chain: Path, edit) -> Path:
 @pytest.mark.parametrize("edit, message", [
     (lambda r: r.update(format_version=FORMAT_VERSION + 1),
      f"format_version {FORMAT_VERSION + 1} is not supported"),
-    (lambda r: r["input"].pop("mean"), "input: missing key 'mean'"),
+    (lambda r: r["input"].pop("mean"), "input.mean: missing required key"),
     (lambda r: r["input"].update(height="64"), "input.height: expected int, got str"),
     (lambda r: r["depth"].update(units="mm"), "depth.units: expected 'm'"),
     (lambda r: r.update(direction="sideways"), "direction: 'sideways', expected one of"),

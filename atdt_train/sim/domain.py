@@ -2,21 +2,23 @@
 
 A domain (the paper's domain A or B) is a YAML file under ``config/domains/``: camera rig,
 street layout statistics, look (textures, light, haze) and lens effects. Unknown keys and wrong
-types fail naming the key, so a typo in a user's preset never passes silently.
+types fail naming the key, so a typo in a user's preset never passes silently (the project's
+one validation mechanism, :mod:`atdt_ros.schema`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 
-Range = tuple[float, float]
+from atdt_ros import schema
+
+Range = Annotated[tuple[float, float], schema.Interval]
 """A closed interval ``[lo, hi]`` sampled uniformly; a single number in YAML means lo == hi."""
 RGB = tuple[float, float, float]
 """A colour with components in 0..1."""
@@ -46,7 +48,7 @@ class CameraSpec:
 class StreetSpec:
     """Layout statistics of the procedural street (all distances in metres)."""
 
-    lanes_per_direction: tuple[int, int] = (1, 2)
+    lanes_per_direction: Annotated[tuple[int, int], schema.Interval] = (1, 2)
     lane_width_m: Range = (3.0, 3.6)
     sidewalk_width_m: Range = (2.0, 4.0)
     curb_height_m: float = 0.15
@@ -169,7 +171,7 @@ def parse_preset(raw: Any, default_name: str = "custom") -> DomainPreset:
         raise DomainError(f"a domain preset must be a mapping, got {type(raw).__name__}")
     raw = dict(raw)
     raw.setdefault("name", default_name)
-    preset = _build(DomainPreset, raw, "")
+    preset = schema.build(DomainPreset, raw, "", DomainError, root="preset")
     if preset.look.texture_style not in TEXTURE_STYLES:
         raise DomainError(
             f"look.texture_style: {preset.look.texture_style!r} is not one of {TEXTURE_STYLES}"
@@ -179,59 +181,6 @@ def parse_preset(raw: Any, default_name: str = "custom") -> DomainPreset:
     if not 1.0 <= preset.camera.hfov_deg <= 170.0:
         raise DomainError("camera.hfov_deg: must be within 1..170 degrees")
     return preset
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise DomainError(f"{prefix or 'preset'}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    for key in raw:
-        if key not in known:
-            where = f"{prefix}{key}"
-            raise DomainError(f"unknown key {where!r}; accepted here: {sorted(known)}")
-    kwargs = {}
-    for f in fields(cls):
-        if f.name not in raw:
-            continue
-        kwargs[f.name] = _convert(hints[f.name], raw[f.name], f"{prefix}{f.name}")
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required key is missing
-        raise DomainError(f"{prefix or 'preset'}: {exc}") from exc
-
-
-def _convert(hint: Any, value: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key + ".")
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise DomainError(f"{key}: expected true/false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise DomainError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DomainError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise DomainError(f"{key}: expected a string, got {value!r}")
-        return value
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[0] is args[1] and not isinstance(value, list):
-            value = [value, value]  # a fixed value for a range
-        if not isinstance(value, list) or len(value) != len(args):
-            raise DomainError(f"{key}: expected a list of {len(args)} values, got {value!r}")
-        out = tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-        if len(args) == 2 and args[0] is args[1] and out[0] > out[1]:
-            raise DomainError(f"{key}: range [lo, hi] needs lo <= hi, got {value!r}")
-        return out
-    raise DomainError(f"{key}: unsupported type {hint}")
 
 
 def _plain(obj: Any) -> Any:
