@@ -66,11 +66,19 @@ def _network_depth(chain: Path, rgb: np.ndarray) -> np.ndarray:
     return depth[0, 0].numpy()
 
 
-def _camera_info(fx: float):
+def _camera_info(fx: float, binning: int = 1, roi: bool = False):
+    """A camera_info for the 32x64 image: plain; of a 2x2-binned 64x128 sensor (K, P at full
+    resolution, REP 104); or a 32x64 ROI of a 64x128 sensor at offset (x 20, y 10)."""
     from sensor_msgs.msg import CameraInfo
 
     h, w = SIZE
     info = CameraInfo()
+    if binning > 1 or roi:
+        h, w = 2 * h, 2 * w
+        info.binning_x = info.binning_y = binning
+        if roi:
+            info.roi.x_offset, info.roi.y_offset = 20, 10
+            info.roi.height, info.roi.width = SIZE
     info.height, info.width = h, w
     info.k = [fx, 0.0, w / 2, 0.0, fx, h / 2, 0.0, 0.0, 1.0]
     info.p = [fx, 0.0, w / 2, 0.0, 0.0, fx, h / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
@@ -106,13 +114,13 @@ def test_the_node_publishes_the_output_times_fx_over_the_training_focal(focal_ch
         client.wait_for_node_subscription(proc)
         depth_at: dict[float | None, np.ndarray] = {}
 
-        def frame(sec: int, fx: float | None) -> None:
+        def frame(sec: int, fx: float | None, binning: int = 1, roi: bool = False) -> None:
             """Publish the frame (after its camera_info, as a camera does) until the node answers
             one with the camera_info of ``fx``."""
             for attempt in range(50):
                 stamp = (sec, attempt)
                 if fx is not None:
-                    client.pub_info.publish(_camera_info(fx))
+                    client.pub_info.publish(_camera_info(fx, binning, roi))
                 client.pub_image.publish(client.image(rgb, "rgb8", stamp))
                 wanted = ("depth",) if fx is None else ("depth", "camera_info")  # both go out
                 assert client.wait(lambda: all(_stamped(client.got[k], stamp) for k in wanted)), \
@@ -124,13 +132,15 @@ def test_the_node_publishes_the_output_times_fx_over_the_training_focal(focal_ch
                     continue  # the image overtook the camera_info on its way: once more
                 (msg,) = _stamped(client.got["depth"], stamp)
                 assert (msg.encoding, msg.height, msg.width) == ("32FC1", *SIZE)
-                depth_at[fx] = _image_array(msg).copy()
+                depth_at[(fx, binning, roi) if binning > 1 or roi else fx] = _image_array(msg).copy()
                 return
             raise AssertionError(f"the node never used the camera_info with fx {fx}")
 
         frame(1, None)
         frame(2, 100.0)
         frame(3, 200.0)
+        frame(4, 200.0, binning=2)  # the 32x64 image of a 2x2-binned sensor: fx 100 in its pixels
+        frame(5, 100.0, roi=True)   # a 32x64 window of a 64x128 sensor: the focal stays 100
         for fx, scale in ((None, FX_B / FX_A), (100.0, 100.0 / FX_A), (200.0, 200.0 / FX_A)):
             depth = depth_at[fx]
             assert np.isnan(depth[~positive]).all(), fx
@@ -138,6 +148,10 @@ def test_the_node_publishes_the_output_times_fx_over_the_training_focal(focal_ch
             # (measured: <= 2e-6 in network units); a wrong focal is off by 20 % or more
             np.testing.assert_allclose(depth[positive], raw[positive] * scale, rtol=1e-5,
                                        atol=1e-5 * scale, err_msg=f"fx {fx}")
+        # binning and ROI: the image's own focal is 100 px in both, so the depth equals fx 100's
+        # (ROI scaled like a resize would give fx 50 and half the depth; binning ignored, fx 200)
+        for key in ((200.0, 2, False), (100.0, 1, True)):
+            np.testing.assert_array_equal(depth_at[key][positive], depth_at[100.0][positive], err_msg=str(key))
         # doubling fx doubles the depth (a factor of 2 is exact in float32)
         np.testing.assert_array_equal(depth_at[200.0][positive], 2 * depth_at[100.0][positive])
         np.testing.assert_allclose(depth_at[100.0][positive], 2.5 * depth_at[None][positive],
