@@ -332,6 +332,13 @@ def format_path(directory: str | os.PathLike, metadata: Metadata, fmt: str) -> P
     return paths[0]
 
 
+def metres_per_unit(focal: Any, focal_ref: float) -> Any:
+    """The one focal conversion: a focal-normalised depth unit is ``focal / focal_ref`` metres for
+    a camera of fx ``focal`` (float, array or tensor) at the resolution ``focal_ref`` refers to.
+    Training divides its depth labels by it, evaluation and the node multiply the output by it."""
+    return focal / focal_ref
+
+
 def depth_to_metres_scale(depth: DepthSpec, focal_px: float | None, input_width: int,
                           network_width: int) -> float:
     """Factor turning the depth output into metres for a camera of fx ``focal_px``.
@@ -346,4 +353,4 @@ def depth_to_metres_scale(depth: DepthSpec, focal_px: float | None, input_width:
         focal_net = depth.default_focal
     else:
         focal_net = focal_px * network_width / input_width
-    return focal_net / depth.focal_ref
+    return float(metres_per_unit(focal_net, depth.focal_ref))

@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from atdt_ros import schema
-
-DIRECTIONS: dict[str, tuple[str, str]] = {"dep2sem": ("depth", "semantic"), "sem2dep": ("semantic", "depth")}
-"""direction -> (task 1, task 2): AT/DT transfers task-1 features to task 2."""
+from atdt_ros.artifact import DIRECTIONS  # direction -> (task 1, task 2), defined once
 PRECISIONS: tuple[str, ...] = ("32", "bf16-mixed", "16-mixed")
 DATASET_KINDS: tuple[str, ...] = ("sim", "carla", "cityscapes", "kitti", "synthia")
 

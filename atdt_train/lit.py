@@ -14,6 +14,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 
+from atdt_ros.artifact import metres_per_unit
 from atdt_ros.classmap import UNLABELED
 from atdt_ros.files import atomic_path
 
@@ -100,14 +101,14 @@ def depth_target(depth: torch.Tensor, focal: torch.Tensor, focal_ref: float | No
     """Depth in training units: metres, or focal-normalised ``depth * f_ref / f_frame``."""
     if focal_ref is None:
         return depth
-    return depth * (focal_ref / focal).view(-1, 1, 1)
+    return depth / metres_per_unit(focal, focal_ref).view(-1, 1, 1)
 
 
 def depth_to_metres(pred: torch.Tensor, focal: torch.Tensor, focal_ref: float | None) -> torch.Tensor:
     """Network depth output (N, H, W) back to metres (undoes the focal normalisation)."""
     if focal_ref is None:
         return pred
-    return pred * (focal / focal_ref).view(-1, 1, 1)
+    return pred * metres_per_unit(focal, focal_ref).view(-1, 1, 1)
 
 
 def depth_loss(pred: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, focal: torch.Tensor,
