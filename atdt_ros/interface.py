@@ -26,14 +26,15 @@ DIAGNOSTICS: str = "/diagnostics"       # diagnostic_msgs/DiagnosticArray
 
 QOS_CHOICES: tuple[str, ...] = ("sensor_data", "reliable", "best_effort")
 
+LOST: str = "lost"
+"""Diagnostics key: camera frames the middleware reported lost (message_lost events)."""
+
 DIAGNOSTIC_KEYS: tuple[str, ...] = (
     "backend", "device", "precision", "compiled", "model_hash", "input_rate_hz",
-    "processed_rate_hz", "received", "processed", "dropped", "rejected", "lost", "latency_p50_ms",
+    "processed_rate_hz", "received", "processed", "dropped", "rejected", LOST, "latency_p50_ms",
     "latency_p95_ms", "latency_max_ms", "inference_p50_ms", "last_rejection",
 )
 """Keys of the node's DiagnosticStatus values, in the order it publishes them."""
-LOST: str = "lost"
-"""Diagnostics key: camera frames the middleware reported lost (message_lost events)."""
 
 # bag topics (atdt_train make-bag writes them; atdt_replay reads them by default)
 BAG_IMAGE: str = "/camera/image_raw"

@@ -589,7 +589,7 @@ class PerceptionNode(LifecycleNode):
         with self._lock:
             self.lost.add(change)
             warning = self.lost.warning(self.sub_image.topic_name if self.sub_image else IMAGE,
-                                        change, self.transport)
+                                        change)
         self.get_logger().warning(warning, throttle_duration_sec=float(self.p["error_throttle"]))
 
     def _on_camera_info(self, msg: CameraInfo) -> None:

@@ -183,7 +183,7 @@ class LostFrames:
         self.total += max(int(change), 0)
         return self.total
 
-    def warning(self, topic: str, change: int, t: Transport) -> str:
+    def warning(self, topic: str, change: int) -> str:
         """The warning for one message_lost event of ``change`` frames."""
         return (f"{change} frame(s) lost on {topic} by the transport ({self.total} since start, "
                 f"'lost' in /diagnostics); large frames are {carriers()}")

@@ -85,10 +85,9 @@ def test_a_4000x3000_rgb8_camera_exceeds_the_16_mb_segment_and_vga_does_not() ->
 
 
 def test_lost_frames_add_up_the_events_total_count_change() -> None:
-    t = parse_builtin_transports(PROJECT)
     lost = LostFrames()
     assert lost.add(1) == 1 and lost.add(3) == 4 and lost.add(0) == 4
-    message = lost.warning("/cam/image", 3, t)
+    message = lost.warning("/cam/image", 3)
     assert message.startswith("3 frame(s) lost on /cam/image by the transport (4 since start, "
                               "'lost' in /diagnostics)")
     assert "sockets_size" in message and "input_qos: reliable" in message
