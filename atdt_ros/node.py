@@ -270,7 +270,8 @@ class PerceptionNode(LifecycleNode):
         self.sub_image = None
         self._no_vision_msgs = False  # vision_msgs failed to import (said once)
         self._no_message_lost = False  # the rmw cannot report lost messages (said once)
-        self.transport = self._state_transport()
+        self.transport = None  # FASTDDS_BUILTIN_TRANSPORTS read, stated at the first activation
+        self._transport_stated = False
         self.finished = Future()  # done once the node reaches Finalized
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -305,6 +306,8 @@ class PerceptionNode(LifecycleNode):
         self._encoding: str | None = None  # of the last raw image (sizes of camera_info frames)
         self._oversize_said: set[tuple[int, int, str | None]] = set()
         self.lost = LostFrames()
+        if not self._transport_stated:  # after configure: a failed start stays one line
+            self.transport, self._transport_stated = self._state_transport(), True
         self._window_start = time.monotonic()
 
         self.input_qos = qos_profile(self.p["input_qos"], self.p["input_depth"], "input_qos")
