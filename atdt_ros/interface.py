@@ -29,10 +29,30 @@ QOS_CHOICES: tuple[str, ...] = ("sensor_data", "reliable", "best_effort")
 LOST: str = "lost"
 """Diagnostics key: camera frames the middleware reported lost (message_lost events)."""
 
+STEPS: tuple[str, ...] = (
+    "receive", "wait", "decode", "preprocess", "inference", "postprocess", "messages", "publish",
+)
+"""The node's per-frame steps, in order (timed by :mod:`atdt_ros.timing`): ``receive`` the
+subscription callback (checks, into the mailbox; rclpy's deserialisation before it is not
+included), ``wait`` in the mailbox until the inference thread takes the frame, ``decode`` the
+pixels viewed (raw) or decompressed, ``preprocess`` resize and normalise into the network's batch,
+``inference`` the backend call alone, ``postprocess`` depth and labels at the camera size (sky,
+range limits, colours, points), ``messages`` the output messages built (pixels copied in),
+``publish`` the publish calls (serialisation into the middleware). Their sum is the latency."""
+
+
+def step_key(step: str, stat: str) -> str:
+    """Diagnostics key of a step's statistic (``mean`` or ``p50``): ``decode_mean_ms``."""
+    return f"{step}_{stat}_ms"
+
+
+STEP_KEYS: tuple[str, ...] = tuple(step_key(s, stat) for s in STEPS for stat in ("mean", "p50"))
+"""Diagnostics keys of the per-step times, last 200 frames (``inference_p50_ms`` among them)."""
+
 DIAGNOSTIC_KEYS: tuple[str, ...] = (
     "backend", "device", "precision", "compiled", "model_hash", "input_rate_hz",
     "processed_rate_hz", "received", "processed", "dropped", "rejected", LOST, "latency_p50_ms",
-    "latency_p95_ms", "latency_max_ms", "inference_p50_ms", "last_rejection",
+    "latency_p95_ms", "latency_max_ms", *STEP_KEYS, "last_rejection",
 )
 """Keys of the node's DiagnosticStatus values, in the order it publishes them."""
 

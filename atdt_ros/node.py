@@ -62,6 +62,7 @@ from atdt_ros.interface import (  # the interface, defined once
     CAMERA_INFO,
     CLASS_MAP,
     DEPTH,
+    DIAGNOSTIC_KEYS,
     DIAGNOSTICS,
     IMAGE,
     LABEL_INFO,
@@ -72,10 +73,13 @@ from atdt_ros.interface import (  # the interface, defined once
     QOS_CHOICES,
     SEMANTIC,
     SEMANTIC_COLOR,
+    STEPS,
+    step_key,
 )
 from atdt_ros.library_output import captured, summary
 from atdt_ros.pointcloud import POINT_FIELDS, POINT_STEP, PointCloudBuilder
 from atdt_ros.sanitize import MAX_MESSAGE, printable
+from atdt_ros.timing import StepTimes
 from atdt_ros.transport import (
     ENV as TRANSPORT_ENV,
     LostFrames,
@@ -112,6 +116,11 @@ PARAMETERS: dict[str, Any] = {
     "error_throttle": 2.0,         # seconds between repeated rejection messages
 }
 
+
+RECEIVE, WAIT, DECODE, PREPROCESS, INFERENCE, POSTPROCESS, MESSAGES, PUBLISH = (
+    STEPS.index(s) for s in ("receive", "wait", "decode", "preprocess", "inference",
+                             "postprocess", "messages", "publish"))
+"""Indices of the per-frame steps in :data:`atdt_ros.interface.STEPS` (:class:`StepTimes`)."""
 
 POINT_TYPES: dict[str, int] = {"float32": PointField.FLOAT32, "uint32": PointField.UINT32}
 """sensor_msgs/PointField datatypes of the numpy types in :data:`atdt_ros.pointcloud.POINT_FIELDS`."""
@@ -299,8 +308,7 @@ class PerceptionNode(LifecycleNode):
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         inp = self.metadata.input
         self.counters = Counters()
-        self.latencies: collections.deque = collections.deque(maxlen=200)
-        self.inference_times: collections.deque = collections.deque(maxlen=200)
+        self.steps = StepTimes(STEPS, window=200)  # where each frame's time goes
         self._lock = threading.Lock()
         self._camera_info: CameraInfo | None = None
         self._encoding: str | None = None  # of the last raw image (sizes of camera_info frames)
@@ -613,6 +621,7 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().warning(warning)
 
     def _on_image(self, msg: Image) -> None:
+        arrived = time.perf_counter_ns()
         with self._lock:
             self.counters.received += 1
             self.counters.window_received += 1
@@ -629,7 +638,7 @@ class PerceptionNode(LifecycleNode):
         except InputError as exc:
             self._reject(msg, str(exc))
             return
-        if self.mailbox.put((msg, time.monotonic())):
+        if self.mailbox.put((msg, arrived, time.perf_counter_ns())):
             with self._lock:
                 self.counters.dropped += 1
 
@@ -651,15 +660,21 @@ class PerceptionNode(LifecycleNode):
             item = self.mailbox.get(timeout=0.5)
             if item is None:
                 continue
-            msg, received = item
+            msg, arrived, queued = item
             try:
-                self._process(msg, received)
+                self._process(msg, arrived, queued)
             except InputError as exc:
                 self._reject(msg, str(exc))
             except Exception as exc:  # keep serving; the message says what failed
                 self._reject(msg, f"processing failed: {type(exc).__name__}: {exc}")
 
-    def _process(self, msg: Image, received: float) -> None:
+    def _process(self, msg: Image, arrived: int, queued: int) -> None:
+        """One frame: outputs computed, built and published; each step timed (``arrived`` and
+        ``queued``: perf_counter_ns at the callback's start and at its hand-over)."""
+        steps = self.steps
+        steps.start(at_ns=arrived)
+        steps.lap(RECEIVE, now_ns=queued)
+        steps.lap(WAIT)
         want_depth, want_semantic, want_color, want_points = self._wanted()
         info = self._camera_info
         calibrated = info is not None and (info.p[0] > 0 or info.k[0] > 0)
@@ -675,10 +690,11 @@ class PerceptionNode(LifecycleNode):
         else:
             pixels = image_to_array(msg.encoding, msg.height, msg.width, msg.step, msg.data)
             encoding = msg.encoding
+        steps.lap(DECODE)
         batch = self.pre(pixels, encoding)
-        started = time.monotonic()
+        steps.lap(PREPROCESS)
         out = self.backend.infer(batch)
-        inference = time.monotonic() - started
+        steps.lap(INFERENCE)
         height, width = pixels.shape[:2]
         # every output message is built before the first is published: once a subscriber starts
         # receiving, its threads compete with this one for the CPU
@@ -693,30 +709,38 @@ class PerceptionNode(LifecycleNode):
             depth_encoding = self.p["depth_encoding"]
             depth = self.post.depth_output(depth, labels, self.p["depth_sky"],
                                            bool(self.p["depth_range_limits"]), depth_encoding)
+            steps.lap(POSTPROCESS)
             if want_depth:
                 ready.append((self.pub_depth, self._image(msg, depth, depth_encoding)))
                 if info is not None:
                     scaled = scale_camera_info(info, height, width)
                     scaled.header = msg.header
                     ready.append((self.pub_info, scaled))
+                steps.lap(MESSAGES)
             if want_points:  # from the depth as published (sky, range limits, 16UC1 rounding)
                 cloud = self.cloud(depth, labels, geometry.intrinsics)
+                steps.lap(POSTPROCESS)
                 ready.append((self.pub_points, self._cloud_message(msg, cloud)))
+                steps.lap(MESSAGES)
         if want_semantic or want_color:
             if labels is None:
                 labels = self.post.semantic_ids(out["semantic"], height, width)
+                steps.lap(POSTPROCESS)
             if want_semantic:
                 ready.append((self.pub_semantic, self._image(msg, labels, "mono8")))
+                steps.lap(MESSAGES)
             if want_color:
-                ready.append((self.pub_color,
-                              self._image(msg, self.post.semantic_color(labels), "rgb8")))
+                color = self.post.semantic_color(labels)
+                steps.lap(POSTPROCESS)
+                ready.append((self.pub_color, self._image(msg, color, "rgb8")))
+                steps.lap(MESSAGES)
         for publisher, message in ready:
             publisher.publish(message)
+        steps.lap(PUBLISH)
         with self._lock:
             self.counters.processed += 1
             self.counters.window_processed += 1
-            self.latencies.append(time.monotonic() - received)
-            self.inference_times.append(inference)
+            steps.commit()
 
     @staticmethod
     def _image(source: Image, array: np.ndarray, encoding: str) -> Image:
@@ -752,12 +776,9 @@ class PerceptionNode(LifecycleNode):
             window_rejected = c.window_rejected
             c.window_received = c.window_processed = c.window_rejected = 0
             self._window_start = now
-            lat = np.array(self.latencies, dtype=np.float64) * 1e3
-            inf = np.array(self.inference_times, dtype=np.float64) * 1e3
+            times = self.steps.breakdown()
             totals = (c.received, c.processed, c.dropped, c.rejected, c.last_rejection)
             lost = self.lost.total
-        p50, p95, pmax = (np.percentile(lat, 50), np.percentile(lat, 95), lat.max()) \
-            if lat.size else (0.0, 0.0, 0.0)
         status = DiagnosticStatus()
         status.name = f"{self.get_fully_qualified_name()}: inference"
         status.hardware_id = self.backend.device
@@ -778,11 +799,14 @@ class PerceptionNode(LifecycleNode):
             "input_rate_hz": f"{in_rate:.2f}", "processed_rate_hz": f"{out_rate:.2f}",
             "received": str(totals[0]), "processed": str(totals[1]),
             "dropped": str(totals[2]), "rejected": str(totals[3]), LOST: str(lost),
-            "latency_p50_ms": f"{p50:.1f}", "latency_p95_ms": f"{p95:.1f}",
-            "latency_max_ms": f"{pmax:.1f}",
-            "inference_p50_ms": f"{np.percentile(inf, 50) if inf.size else 0.0:.1f}",
+            "latency_p50_ms": f"{times.total_p50_ms:.1f}",
+            "latency_p95_ms": f"{times.total_p95_ms:.1f}",
+            "latency_max_ms": f"{times.total_max_ms:.1f}",
+            **{step_key(step, "mean"): f"{times.mean_ms[step]:.2f}" for step in STEPS},
+            **{step_key(step, "p50"): f"{times.p50_ms[step]:.2f}" for step in STEPS},
             "last_rejection": totals[4],
         }
+        values = {key: values[key] for key in DIAGNOSTIC_KEYS}  # the interface's order
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()

@@ -320,6 +320,24 @@ def test_parameters_come_from_the_yaml_file(running) -> None:
     assert all(0.1 < g < 1.0 for g in gaps), gaps  # diagnostics_period 0.3 s, not the default 1 s
 
 
+def test_diagnostics_break_each_frame_down_into_its_steps(running) -> None:
+    from atdt_ros.interface import STEPS, step_key
+
+    proc, client, chain = running
+    client.pub_image.publish(client.image(_frame(7), "rgb8", (70, 0)))
+    assert client.wait(lambda: any(m.header.stamp.sec == 70 for m in client.got["semantic"]))
+    assert client.wait(lambda: int(client.diagnostics().get("processed", "0")) >= 1)
+    diag = client.diagnostics()
+    means = {s: float(diag[step_key(s, "mean")]) for s in STEPS}
+    p50s = {s: float(diag[step_key(s, "p50")]) for s in STEPS}
+    assert all(v >= 0 for v in [*means.values(), *p50s.values()]), diag
+    assert means["inference"] > 0 and means["messages"] > 0 and means["publish"] > 0
+    # the steps tile each frame from its receipt to its last publish: their means add up to the
+    # mean latency, which lies between the fastest frame and the slowest
+    assert sum(means.values()) <= float(diag["latency_max_ms"]) + 0.05 * len(STEPS)
+    assert p50s["inference"] <= float(diag["latency_max_ms"])
+
+
 def test_late_subscriber_receives_the_latched_class_map(running) -> None:
     from atdt_msgs.msg import ClassMap
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
