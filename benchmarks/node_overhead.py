@@ -10,6 +10,11 @@ node idles. Overhead = node latency / bare inference - 1 (target <= 10% at 192x3
 
 A backend setting is ``name[/precision][/compile]``, e.g. ``torch/bf16/compile`` for the node's
 ``backend: torch, precision: bf16, compile: true`` (bare chain compiled the same way).
+
+It ends with the per-frame breakdown as a Markdown table: the node's own steps (its
+``<step>_mean_ms`` / ``<step>_p50_ms`` in /diagnostics, the same frames), then DDS and rclpy both
+ways (publish -> both outputs here, less the node's receipt -> last publish), and the ratio
+publish -> both outputs / bare chain against the targets (1.10x ONNX Runtime, 1.15x compiled bf16).
 """
 
 from __future__ import annotations
@@ -68,7 +73,50 @@ def main() -> int:
                   f"inference p50 {inf:.1f} ms; node's own cost {lat - inf:.1f} ms "
                   f"({100 * (lat - inf) / inf:.1f}%), with DDS both ways {e2e - inf:.1f} ms "
                   f"({100 * (e2e - inf) / inf:.1f}%)")
+    print()
+    print(breakdown_table(results))
     return 0
+
+
+TARGETS: dict[str, float] = {"onnxruntime": 1.10, "torch/bf16/compile": 1.15}
+"""Ratio targets of publish -> both outputs over the bare chain (issue 14)."""
+
+
+def breakdown_table(results: dict) -> str:
+    """Markdown: where a frame's time goes, per backend (mean / p50 ms), and the ratios."""
+    from atdt_ros.interface import STEPS, step_key
+
+    names = list(results)
+    lines = ["| step (ms, mean / p50) | " + " | ".join(names) + " |",
+             "| --- |" + " --- |" * len(names)]
+
+    def row(label, cells):
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    for step in STEPS:
+        row(step, [f"{float(r[2].get(step_key(step, 'mean'), 'nan')):.2f} / "
+                   f"{float(r[2].get(step_key(step, 'p50'), 'nan')):.2f}" for r in results.values()])
+    node_total = [sum(float(r[2].get(step_key(s, "mean"), "nan")) for s in STEPS)
+                  for r in results.values()]
+    row("**node, receipt → last publish** (sum)",
+        [f"**{t:.2f}** / {float(r[2].get('latency_p50_ms', 'nan')):.1f}"
+         for t, r in zip(node_total, results.values())])
+    e2e = [(1e3 * sum(r[0]) / len(r[0]), 1e3 * common.median(r[0])) for r in results.values()]
+    row("DDS + rclpy both ways (publish → both outputs − node)",
+        [f"{m - t:.2f} / {p - float(r[2].get('latency_p50_ms', 'nan')):.1f}"
+         for (m, p), t, r in zip(e2e, node_total, results.values())])
+    row("**publish → both outputs**", [f"**{m:.2f}** / {p:.1f}" for m, p in e2e])
+    row("bare chain, same run", [f"{1e3 * sum(r[1]) / len(r[1]):.2f} / "
+                                 f"{1e3 * common.median(r[1]):.1f}" for r in results.values()])
+    cells = []
+    for name, (node, bare, _) in results.items():
+        ratio = common.median(node) / common.median(bare)
+        target = TARGETS.get(name)
+        verdict = "" if target is None else \
+            f" (target <= {target:.2f}x: {'met' if ratio <= target else 'missed'})"
+        cells.append(f"**{ratio:.2f}x**{verdict}")
+    row("ratio publish → both / bare chain (medians)", cells)
+    return "\n".join(lines)
 
 
 def parse_setting(setting: str) -> tuple[str, str, bool]:
