@@ -34,6 +34,10 @@ os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "SHM?max_msg_size=4MB&sockets_size=16
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 200)))
 os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
 
+CALLER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
+"""This shell's OpenMP wait policy, before atdt_train (imported for the seeded chain) sets
+PASSIVE for this process: the node is started with it, as ``atdt_perception`` would be."""
+
 import common  # noqa: E402
 
 
@@ -45,19 +49,26 @@ def main() -> int:
                     help="settings name[/precision][/compile], e.g. onnxruntime torch/bf16/compile")
     ap.add_argument("--threads", type=int, default=0, help="inference threads, node and bare (0: default)")
     ap.add_argument("--model", default=None, help="exported chain directory (default: a seeded one)")
+    ap.add_argument("--node-omp-wait-policy", default=None, choices=("PASSIVE", "ACTIVE"),
+                    help="OMP_WAIT_POLICY of the node process (default: this shell's, unset: "
+                         "libgomp spins a while before sleeping, as a node started by hand)")
     args = ap.parse_args()
     import numpy as np
 
     h, w = (int(v) for v in args.size.split("x"))
     common.set_threads(args.threads)
     print(common.machine())
+    policy = args.node_omp_wait_policy or CALLER_OMP_WAIT_POLICY
+    print(f"OMP_WAIT_POLICY: node {policy or 'unset (libgomp default)'}, bare chain "
+          f"{CALLER_OMP_WAIT_POLICY or 'unset (libgomp default)'}")
     model = Path(args.model) if args.model else common.exported_chain((h, w))
     rng = np.random.default_rng(0)
     rgb = np.kron(rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8),
                   np.ones((8, 8, 1), np.uint8))
     results = {}
     for backend in args.backend:
-        results[backend] = run_backend(model, backend, rgb, args.frames, args.threads)
+        results[backend] = run_backend(model, backend, rgb, args.frames, args.threads,
+                                       args.node_omp_wait_policy or CALLER_OMP_WAIT_POLICY)
     print()
     for backend, (node, bare, inside) in results.items():
         print(f"{backend:20s} node publish->both outputs {common.summary(node)}")
@@ -119,6 +130,16 @@ def breakdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def node_environment(omp_wait_policy: str | None) -> dict[str, str]:
+    """This process's environment with OMP_WAIT_POLICY as given (removed for None): importing
+    atdt_train sets PASSIVE here, which the node, started alone, would not have."""
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    if omp_wait_policy:
+        env["OMP_WAIT_POLICY"] = omp_wait_policy
+    return env
+
+
 def parse_setting(setting: str) -> tuple[str, str, bool]:
     """'torch/bf16/compile' -> ('torch', 'bf16', True); precision defaults to fp32."""
     name, *rest = setting.split("/")
@@ -130,7 +151,8 @@ def parse_setting(setting: str) -> tuple[str, str, bool]:
     return name, precision, "compile" in rest
 
 
-def run_backend(model: Path, setting: str, rgb, frames: int, threads: int):
+def run_backend(model: Path, setting: str, rgb, frames: int, threads: int,
+                omp_wait_policy: str | None = None):
     """(node latencies, bare inference times) in seconds, interleaved frame by frame."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -150,7 +172,7 @@ def run_backend(model: Path, setting: str, rgb, frames: int, threads: int):
          "-p", f"precision:={precision}", "-p", f"compile:={str(compile).lower()}",
          "-p", "input_qos:=reliable", "-p", "publish_semantic_color:=false",
          "-p", "trust_model_code:=true"],
-        stdout=node_log, stderr=subprocess.STDOUT)
+        stdout=node_log, stderr=subprocess.STDOUT, env=node_environment(omp_wait_policy))
     rclpy.init()
     node = rclpy.create_node("atdt_bench")
     qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
