@@ -7,19 +7,22 @@ thread runs inference, so a slow model never builds a backlog. With ``process_al
 frame is queued instead (accuracy mode for bag replay). The camera is subscribed only while
 some output has a subscriber, and each output is computed only for its subscribers.
 
+This module holds the lifecycle and the per-frame path (callback, inference thread,
+diagnostics), which share the node's state; what does not need the node lives beside it:
+parameters (:mod:`atdt_ros.parameters`), message builders, QoS and camera_info geometry
+(:mod:`atdt_ros.ros_messages`), the mailbox and counters (:mod:`atdt_ros.frames`).
+
 Start it with ``atdt_perception --ros-args --params-file config/perception.yaml`` or with
 ``ros2 launch atdt_ros perception.launch.py`` on a full ROS 2 install.
 """
 
 from __future__ import annotations
 
-import collections
 import os
 import re
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,33 +31,20 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
-from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-    qos_profile_sensor_data,
-)
 from rclpy.task import Future
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
+from rclpy.time_source import USE_SIM_TIME_NAME
+from rclpy.type_description_service import START_TYPE_DESCRIPTION_SERVICE_PARAM
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from atdt_ros.artifact import ArtifactError, load_metadata
-from atdt_ros.backends import (
-    BACKENDS,
-    PRECISIONS,
-    BackendUnavailable,
-    open_backend,
-    tensorrt_status,
-)
+from atdt_ros.backends import BackendUnavailable, open_backend, tensorrt_status
 from atdt_ros.camera import image_matrices
+from atdt_ros.frames import Counters, Mailbox
 from atdt_ros.imgproc import (
     COMPRESSED_FORMATS,
-    DEPTH_ENCODINGS,
-    DEPTH_SKY,
     InputError,
     Postprocessor,
     Preprocessor,
-    array_to_image_fields,
     decode_compressed,
     image_to_array,
 )
@@ -70,14 +60,22 @@ from atdt_ros.interface import (  # the interface, defined once
     NODE_NAME,
     OUTPUT_CAMERA_INFO,
     POINTS,
-    QOS_CHOICES,
     SEMANTIC,
     SEMANTIC_COLOR,
     STEPS,
     step_key,
 )
 from atdt_ros.library_output import captured, summary
-from atdt_ros.pointcloud import POINT_FIELDS, POINT_STEP, PointCloudBuilder
+from atdt_ros.parameters import DEFAULTS, NodeParameters, ParameterError, node_parameters
+from atdt_ros.pointcloud import PointCloudBuilder
+from atdt_ros.ros_messages import (
+    LATCHED,
+    cloud_message,
+    image_geometry,
+    image_message,
+    qos_profile,
+    scale_camera_info,
+)
 from atdt_ros.sanitize import MAX_MESSAGE, printable
 from atdt_ros.timing import StepTimes
 from atdt_ros.transport import (
@@ -89,46 +87,13 @@ from atdt_ros.transport import (
     parse_builtin_transports,
 )
 
-PARAMETERS: dict[str, Any] = {
-    "model_path": "",              # artifact directory written by `atdt_train export`
-    "backend": "auto",             # auto | tensorrt | onnxruntime | torch
-    "device": "cpu",               # cpu | cuda | cuda:N
-    "threads": 0,                  # CPU threads for inference (0: library default)
-    "precision": "fp32",           # fp32 | fp16 (tensorrt) | bf16
-    "compile": False,              # torch backend: torch.compile at start-up (CPU: fastest)
-    "trust_model_code": False,     # allow backends torch/tensorrt, which unpickle chain.pt2
-    "build_only": False,           # build/refresh the TensorRT engine cache, then exit
-    "autostart": True,             # walk the lifecycle to active at start (false: a manager does)
-    "publish_depth": True,         # ~/depth and ~/camera_info
-    "publish_semantic": True,      # ~/semantic
-    "publish_semantic_color": True,  # ~/semantic_color
-    "publish_pointcloud": True,    # ~/points (xyz + label from depth and camera_info)
-    "depth_sky": "inf",            # depth on sky pixels: inf | nan | keep (REP 117)
-    "depth_range_limits": True,    # beyond metadata depth.max -> +Inf, below depth.min -> -Inf
-    "depth_encoding": "32FC1",     # 32FC1 (metres) | 16UC1 (millimetres, 0 = no depth)
-    "process_all": False,          # queue every frame instead of keeping only the newest
-    "image_transport": "raw",      # raw: sensor_msgs/Image on image; compressed: <image>/compressed
-    "input_qos": "sensor_data",    # sensor_data | reliable | best_effort
-    "input_depth": 5,              # history depth of the image subscription
-    "output_qos": "reliable",      # reliable | best_effort
-    "output_depth": 2,             # history depth of the output publishers
-    "diagnostics_period": 1.0,     # seconds between /diagnostics messages
-    "error_throttle": 2.0,         # seconds between repeated rejection messages
-}
-
+RCLPY_PARAMETERS = frozenset({USE_SIM_TIME_NAME, START_TYPE_DESCRIPTION_SERVICE_PARAM})
+"""Parameters rclpy declares on every node itself: accepted in a params file, not the node's."""
 
 RECEIVE, WAIT, DECODE, PREPROCESS, INFERENCE, POSTPROCESS, MESSAGES, PUBLISH = (
     STEPS.index(s) for s in ("receive", "wait", "decode", "preprocess", "inference",
                              "postprocess", "messages", "publish"))
 """Indices of the per-frame steps in :data:`atdt_ros.interface.STEPS` (:class:`StepTimes`)."""
-
-POINT_TYPES: dict[str, int] = {"float32": PointField.FLOAT32, "uint32": PointField.UINT32}
-"""sensor_msgs/PointField datatypes of the numpy types in :data:`atdt_ros.pointcloud.POINT_FIELDS`."""
-
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
-"""QoS of the class-map topics (~/class_map, ~/label_info): like CameraInfo, a late joiner gets
-the one message."""
 
 
 class StartupError(RuntimeError):
@@ -138,124 +103,6 @@ class StartupError(RuntimeError):
 def one_line(exc: BaseException) -> str:
     """An error message on one line (a library's reason may hold line breaks)."""
     return re.sub(r"\s*\n\s*", " ", str(exc)).strip()
-
-
-def qos_profile(kind: str, depth: int, name: str) -> QoSProfile:
-    """A QoS profile from a parameter value (sensor_data, reliable or best_effort)."""
-    if kind not in QOS_CHOICES:
-        raise StartupError(f"parameter {name}: '{kind}' is not one of {', '.join(QOS_CHOICES)}")
-    if depth < 1:
-        raise StartupError(f"parameter {name} depth must be >= 1, got {depth}")
-    if kind == "sensor_data":
-        profile = QoSProfile(**{k: getattr(qos_profile_sensor_data, k)
-                                for k in ("reliability", "durability", "history")}, depth=depth)
-        return profile
-    reliability = ReliabilityPolicy.RELIABLE if kind == "reliable" else ReliabilityPolicy.BEST_EFFORT
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability,
-                      durability=DurabilityPolicy.VOLATILE)
-
-
-def depth_sky_name(value: Any) -> Any:
-    """``depth_sky`` as a choice name: rcl reads ``inf`` / ``nan`` (unquoted in a params file, or
-    ``-p depth_sky:=inf``) as doubles, so +Inf and NaN map to "inf" and "nan"; a string stays."""
-    if isinstance(value, float) and not isinstance(value, bool):
-        if value == float("inf"):
-            return "inf"
-        if value != value:
-            return "nan"
-    return value if isinstance(value, str) else str(value)
-
-
-def check_depth_parameters(values: dict[str, Any]) -> None:
-    """StartupError naming the parameter and the accepted values for a bad depth option."""
-    for name, choices in (("depth_sky", DEPTH_SKY), ("depth_encoding", DEPTH_ENCODINGS)):
-        if values[name] not in choices:
-            raise StartupError(f"parameter {name}: '{printable(values[name])}' is not one of "
-                               f"{', '.join(choices)}")
-
-
-class Mailbox:
-    """Frames waiting for inference: one slot (newest wins) or, with keep_all, a FIFO."""
-
-    def __init__(self, keep_all: bool) -> None:
-        self._items: collections.deque = collections.deque()
-        self._cv = threading.Condition()
-        self._keep_all = keep_all
-        self._closed = False
-
-    def put(self, item: Any) -> bool:
-        """Store a frame; returns True when an unprocessed frame was replaced (dropped)."""
-        with self._cv:
-            dropped = bool(self._items) and not self._keep_all
-            if dropped:
-                self._items.clear()
-            self._items.append(item)
-            self._cv.notify()
-            return dropped
-
-    def get(self, timeout: float) -> Any | None:
-        """The next frame, or None after ``timeout`` seconds or once closed."""
-        with self._cv:
-            if not self._items and not self._closed:
-                self._cv.wait(timeout)
-            return self._items.popleft() if self._items and not self._closed else None
-
-    def close(self) -> None:
-        """Wake the worker for shutdown."""
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
-
-
-@dataclass
-class Counters:
-    """Totals since start and the window since the last diagnostics message."""
-
-    received: int = 0
-    processed: int = 0
-    dropped: int = 0
-    rejected: int = 0
-    window_received: int = 0
-    window_processed: int = 0
-    window_rejected: int = 0
-    last_rejection: str = ""
-
-
-def image_geometry(info: CameraInfo, height: int, width: int):
-    """:class:`atdt_ros.camera.ImageGeometry` of an image of (height, width) from its camera_info
-    (binning and ROI honoured, rescaled if the image has another size)."""
-    roi = info.roi
-    return image_matrices(info.k, info.p, info.width, info.height, info.binning_x,
-                          info.binning_y, (roi.x_offset, roi.y_offset, roi.width, roi.height),
-                          (height, width))
-
-
-def scale_camera_info(info: CameraInfo, height: int, width: int) -> CameraInfo:
-    """camera_info for an output image of (height, width).
-
-    When the image has the size its camera_info describes (after ROI and binning), the
-    camera_info is passed on as it is: binning and ROI stay valid for the output, which has the
-    input's pixels. Otherwise an equivalent plain camera_info is built: K and P of the image
-    itself (ROI and binning applied, then rescaled to its size), no binning, no ROI.
-    """
-    out = CameraInfo()
-    out.distortion_model, out.d, out.r = info.distortion_model, info.d, info.r
-    if not (info.width and info.height):  # uncalibrated: nothing to rescale
-        out.k, out.p = list(info.k), list(info.p)
-        out.height, out.width = height, width
-        return out
-    plain = image_matrices(info.k, info.p, info.width, info.height, info.binning_x,
-                           info.binning_y, (info.roi.x_offset, info.roi.y_offset,
-                                            info.roi.width, info.roi.height))
-    if (plain.width, plain.height) == (width, height):
-        out.k, out.p = list(info.k), list(info.p)
-        out.binning_x, out.binning_y, out.roi = info.binning_x, info.binning_y, info.roi
-        out.height, out.width = info.height, info.width
-        return out
-    geometry = image_geometry(info, height, width)
-    out.k, out.p = geometry.k.ravel().tolist(), geometry.p.ravel().tolist()
-    out.height, out.width = height, width
-    return out
 
 
 class PerceptionNode(LifecycleNode):
@@ -269,9 +116,10 @@ class PerceptionNode(LifecycleNode):
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(NODE_NAME, **kwargs)
+        # every override becomes a declared parameter, so unknown names are seen (and refused)
+        super().__init__(NODE_NAME, automatically_declare_parameters_from_overrides=True, **kwargs)
         self.p = self._read_parameters()
-        self.build_only = bool(self.p["build_only"])
+        self.build_only = self.p.build_only
         self.metadata = self.backend = None
         self.startup_error: StartupError | None = None
         self._running = False
@@ -290,7 +138,7 @@ class PerceptionNode(LifecycleNode):
             self.backend = self._open_backend()
         except StartupError as exc:
             self.startup_error = exc
-            if not self.p["autostart"]:  # with autostart, main reports it once and exits 2
+            if not self.p.autostart:  # with autostart, main reports it once and exits 2
                 self.get_logger().error(f"configure failed: {one_line(exc)}")
             self.metadata = self.backend = None
             return TransitionCallbackReturn.FAILURE
@@ -300,7 +148,7 @@ class PerceptionNode(LifecycleNode):
         self.post = Postprocessor(self.metadata.depth, self.metadata.classes.ids,
                                   self.metadata.classes.unlabeled_id, inp.width)
         self.get_logger().info(
-            f"configured: model {self.p['model_path']} ({self.metadata.direction}, input "
+            f"configured: model {self.p.model_path} ({self.metadata.direction}, input "
             f"{inp.width}x{inp.height}), backend {self.backend.name} "
             f"({self.backend.precision}{self._compiled_note()}) on {self.backend.device}")
         return TransitionCallbackReturn.SUCCESS
@@ -318,20 +166,20 @@ class PerceptionNode(LifecycleNode):
             self.transport, self._transport_stated = self._state_transport(), True
         self._window_start = time.monotonic()
 
-        self.input_qos = qos_profile(self.p["input_qos"], self.p["input_depth"], "input_qos")
-        out_qos = qos_profile(self.p["output_qos"], self.p["output_depth"], "output_qos")
+        self.input_qos = qos_profile(self.p.input_qos, self.p.input_depth)
+        out_qos = qos_profile(self.p.output_qos, self.p.output_depth)
         self.pub_depth = self.create_publisher(Image, f"~/{DEPTH}", out_qos)
         self.pub_info = self.create_publisher(CameraInfo, f"~/{OUTPUT_CAMERA_INFO}", out_qos)
         self.pub_semantic = self.create_publisher(Image, f"~/{SEMANTIC}", out_qos)
         self.pub_color = self.create_publisher(Image, f"~/{SEMANTIC_COLOR}", out_qos)
         self.pub_points = self.create_publisher(PointCloud2, f"~/{POINTS}", out_qos) \
-            if self.p["publish_pointcloud"] else None
+            if self.p.publish_pointcloud else None
         self.cloud = PointCloudBuilder()
         self.pub_diag = self.create_publisher(DiagnosticArray, DIAGNOSTICS, 10)
         self._publish_class_map()
         self.pub_label_info = self._publish_label_info()
 
-        self.mailbox = Mailbox(keep_all=bool(self.p["process_all"]))
+        self.mailbox = Mailbox(keep_all=self.p.process_all)
         self.sub_image = None
         self.sub_info = self.create_subscription(CameraInfo, CAMERA_INFO, self._on_camera_info,
                                                  self.input_qos)
@@ -340,18 +188,18 @@ class PerceptionNode(LifecycleNode):
                         *([self.pub_label_info] if self.pub_label_info else []),
                         *([self.pub_points] if self.pub_points else []),
                         self.create_timer(0.2, self._update_subscription),
-                        self.create_timer(float(self.p["diagnostics_period"]),
+                        self.create_timer(self.p.diagnostics_period,
                                           self._publish_diagnostics)]
         self._running = True
         self._worker = threading.Thread(target=self._work, name="atdt_inference", daemon=True)
         self._worker.start()
         self._update_subscription()
         self.get_logger().info(
-            f"ready: model {self.p['model_path']} ({self.metadata.direction}, input "
+            f"ready: model {self.p.model_path} ({self.metadata.direction}, input "
             f"{inp.width}x{inp.height}), backend {self.backend.name} "
             f"({self.backend.precision}{self._compiled_note()}) "
             f"on {self.backend.device}; "
-            f"{'processing every frame' if self.p['process_all'] else 'newest frame only'}")
+            f"{'processing every frame' if self.p.process_all else 'newest frame only'}")
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
@@ -408,90 +256,44 @@ class PerceptionNode(LifecycleNode):
         self.get_logger().info(describe(transport))
         return transport
 
-    def _read_parameters(self) -> dict[str, Any]:
-        from rcl_interfaces.msg import ParameterDescriptor
-
-        values = {}
-        for name, default in PARAMETERS.items():
-            try:
-                if isinstance(default, float):  # 1 in a params file means 1.0: accept integers
-                    value = self.declare_parameter(
-                        name, default, ParameterDescriptor(dynamic_typing=True)).value
-                    if isinstance(value, bool) or not isinstance(value, (int, float)):
-                        raise TypeError(f"got {type(value).__name__} {value!r}")
-                    value = float(value)
-                elif name == "depth_sky":  # `depth_sky: inf` / `:=nan` arrive as doubles
-                    value = depth_sky_name(self.declare_parameter(
-                        name, default, ParameterDescriptor(dynamic_typing=True)).value)
-                else:
-                    value = self.declare_parameter(name, default).value
-                values[name] = value
-            except Exception as exc:  # wrong type in the params file
-                raise StartupError(f"parameter {name}: {exc} (expected "
-                                   f"{type(default).__name__}, default {default!r})") from exc
-        unknown = sorted(set(self._parameter_overrides) - set(self._parameters))
-        if unknown:
-            raise StartupError(f"unknown parameter(s) {', '.join(unknown)} for {NODE_NAME} "
-                               f"(accepted: {', '.join(PARAMETERS)})")
-        if values["backend"] not in ("auto",) + BACKENDS:
-            raise StartupError(f"parameter backend: '{values['backend']}' is not one of auto, "
-                               f"{', '.join(BACKENDS)}")
-        if values["precision"] not in PRECISIONS:
-            raise StartupError(f"parameter precision: '{values['precision']}' is not one of "
-                               f"{', '.join(PRECISIONS)}")
-        if values["threads"] < 0:
-            raise StartupError(f"parameter threads: {values['threads']} must be >= 0 (0: the "
-                               f"library default)")
-        if not 0.01 <= values["diagnostics_period"] <= 3600:
-            raise StartupError(f"parameter diagnostics_period: {values['diagnostics_period']} s is "
-                               f"outside 0.01..3600 s")
-        if values["error_throttle"] < 0:
-            raise StartupError(f"parameter error_throttle: {values['error_throttle']} s must be "
-                               f">= 0 (0: log every rejection)")
-        for name in ("input_depth", "output_depth"):
-            if not 1 <= values[name] <= 10000:
-                raise StartupError(f"parameter {name}: {values[name]} is outside 1..10000")
-        if values["image_transport"] not in ("raw", "compressed"):
-            raise StartupError(f"parameter image_transport: '{printable(values['image_transport'])}'"
-                               f" is not one of raw, compressed")
-        check_depth_parameters(values)
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", values["device"]):
-            raise StartupError(f"parameter device: '{printable(values['device'])}' is not one of "
-                               f"cpu, cuda, cuda:N")
-        if not (values["publish_depth"] or values["publish_semantic"]
-                or values["publish_semantic_color"] or values["publish_pointcloud"]):
-            raise StartupError("parameters publish_depth, publish_semantic, "
-                               "publish_semantic_color and publish_pointcloud are all false: "
-                               "nothing to publish")
-        if not values["model_path"]:
-            raise StartupError("parameter model_path is empty: set it to a directory written "
-                               "by `atdt_train export`")
-        return values
+    def _read_parameters(self) -> NodeParameters:
+        """Every parameter declared with its default (rclpy has declared the params file's and
+        ``-p`` ones from the overrides), then all of them checked as one NodeParameters."""
+        for name, default in DEFAULTS.items():
+            if not self.has_parameter(name):
+                self.declare_parameter(name, default)
+        values = {name: parameter.value
+                  for name, parameter in self.get_parameters_by_prefix("").items()
+                  if name not in RCLPY_PARAMETERS}
+        try:
+            return node_parameters(values)
+        except ParameterError as exc:
+            raise StartupError(str(exc)) from None
 
     def _load_model(self):
         from atdt_ros import classmap
 
         try:
-            metadata = load_metadata(self.p["model_path"])
+            metadata = load_metadata(self.p.model_path)
         except ArtifactError as exc:
             raise StartupError(f"cannot load model: {exc}") from exc
         cls = metadata.classes
         ours = (tuple(c.id for c in classmap.CLASSES), tuple(c.name for c in classmap.CLASSES),
                 tuple(c.color for c in classmap.CLASSES), classmap.UNLABELED)
         if (cls.ids, cls.names, cls.colors, cls.unlabeled_id) != ours:
-            raise StartupError(f"incompatible model {self.p['model_path']}: its class map "
+            raise StartupError(f"incompatible model {self.p.model_path}: its class map "
                                f"({len(cls.ids)} classes: {', '.join(cls.names)}) differs from "
                                f"this node's atdt_ros.classmap ({', '.join(ours[1])})")
         return metadata
 
     def _open_backend(self):
-        name = self.p["backend"]
+        name = self.p.backend
         try:
-            backend = open_backend(self.p["model_path"], name, self.p["device"],
-                                   int(self.p["threads"]), self.p["precision"],
-                                   build_only=bool(self.p["build_only"]), metadata=self.metadata,
-                                   compile=bool(self.p["compile"]),
-                                   trust_model_code=bool(self.p["trust_model_code"]))
+            backend = open_backend(self.p.model_path, name, self.p.device,
+                                   self.p.threads, self.p.precision,
+                                   build_only=self.p.build_only, metadata=self.metadata,
+                                   compile=self.p.compile,
+                                   trust_model_code=self.p.trust_model_code)
         except (BackendUnavailable, ArtifactError) as exc:
             raise StartupError(f"backend {name}: {exc}") from exc
         if name == "auto":
@@ -504,7 +306,7 @@ class PerceptionNode(LifecycleNode):
         """Run the chain once on a blank frame of metadata.json's input size: a size (or model)
         that does not fit stops the node here, not as a rejection of every camera frame."""
         inp = self.metadata.input
-        where = f"{self.p['model_path']}/metadata.json"
+        where = f"{self.p.model_path}/metadata.json"
         try:  # what the library prints on the way is folded into the one message
             with captured("torch.export") as held:
                 out = backend.infer(np.zeros((1, 3, inp.height, inp.width), np.float32))
@@ -557,10 +359,10 @@ class PerceptionNode(LifecycleNode):
     # ---- subscriptions --------------------------------------------------------------------
     def _wanted(self) -> tuple[bool, bool, bool, bool]:
         """Which outputs (depth, semantic, colour, points) are enabled and have subscribers."""
-        depth = self.p["publish_depth"] and (self.pub_depth.get_subscription_count() > 0
+        depth = self.p.publish_depth and (self.pub_depth.get_subscription_count() > 0
                                              or self.pub_info.get_subscription_count() > 0)
-        semantic = self.p["publish_semantic"] and self.pub_semantic.get_subscription_count() > 0
-        color = self.p["publish_semantic_color"] and self.pub_color.get_subscription_count() > 0
+        semantic = self.p.publish_semantic and self.pub_semantic.get_subscription_count() > 0
+        color = self.p.publish_semantic_color and self.pub_color.get_subscription_count() > 0
         points = self.pub_points is not None and self.pub_points.get_subscription_count() > 0
         return bool(depth), bool(semantic), bool(color), bool(points)
 
@@ -568,7 +370,7 @@ class PerceptionNode(LifecycleNode):
         """Subscribe to the camera only while some output has a subscriber."""
         active = any(self._wanted())
         if active and self.sub_image is None:
-            if self.p["image_transport"] == "compressed":  # image_transport's convention
+            if self.p.image_transport == "compressed":  # image_transport's convention
                 kind, topic = CompressedImage, f"{IMAGE}/compressed"
             else:
                 kind, topic = Image, IMAGE
@@ -601,11 +403,11 @@ class PerceptionNode(LifecycleNode):
             self.lost.add(change)
             warning = self.lost.warning(self.sub_image.topic_name if self.sub_image else IMAGE,
                                         change)
-        self.get_logger().warning(warning, throttle_duration_sec=float(self.p["error_throttle"]))
+        self.get_logger().warning(warning, throttle_duration_sec=self.p.error_throttle)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
-        if self.transport is None or self.p["image_transport"] != "raw" \
+        if self.transport is None or self.p.image_transport != "raw" \
                 or not (msg.width and msg.height):
             return
         size = image_matrices(msg.k, msg.p, msg.width, msg.height, msg.binning_x,
@@ -652,7 +454,7 @@ class PerceptionNode(LifecycleNode):
         self.get_logger().error(
             f"rejected image on {self.sub_image.topic_name if self.sub_image else 'image'} "
             f"(frame_id '{printable(msg.header.frame_id)}'): {why}",
-            throttle_duration_sec=float(self.p["error_throttle"]))
+            throttle_duration_sec=self.p.error_throttle)
 
     # ---- inference --------------------------------------------------------------------------
     def _work(self) -> None:
@@ -742,29 +544,8 @@ class PerceptionNode(LifecycleNode):
             self.counters.window_processed += 1
             steps.commit()
 
-    @staticmethod
-    def _image(source: Image, array: np.ndarray, encoding: str) -> Image:
-        out = Image()
-        out.header = source.header
-        out.height, out.width, out.step, data = array_to_image_fields(array, encoding)
-        out.encoding = encoding
-        out.is_bigendian = sys.byteorder == "big" if encoding in ("32FC1", "16UC1") else False
-        out.data = data
-        return out
-
-    @staticmethod
-    def _cloud_message(source: Image, cloud: np.ndarray) -> PointCloud2:
-        out = PointCloud2()
-        out.header = source.header
-        out.height, out.width = cloud.shape
-        out.fields = [PointField(name=name, offset=offset, count=1,
-                                 datatype=POINT_TYPES[numpy_type])
-                      for name, offset, numpy_type in POINT_FIELDS]
-        out.is_bigendian = sys.byteorder == "big"
-        out.point_step, out.row_step = POINT_STEP, POINT_STEP * cloud.shape[1]
-        out.data = cloud.tobytes()
-        out.is_dense = False  # invalid depth gives NaN points
-        return out
+    _image = staticmethod(image_message)  # output messages (atdt_ros.ros_messages)
+    _cloud_message = staticmethod(cloud_message)
 
     # ---- diagnostics ------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
@@ -833,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             node = PerceptionNode()
-            if node.p["autostart"] or node.build_only:  # walk itself to active (or configured)
+            if node.p.autostart or node.build_only:  # walk itself to active (or configured)
                 node.trigger_configure()
                 if node.startup_error is not None:
                     raise node.startup_error
@@ -844,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         except StartupError as exc:  # one line (stderr, /rosout, the log file), no traceback
             rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {one_line(exc)}")
             return 2
-        if not node.p["autostart"] and not node.build_only:
+        if not node.p.autostart and not node.build_only:
             node.get_logger().info("autostart false: unconfigured, waiting for a lifecycle manager")
         if node.build_only:
             where = getattr(node.backend, "engine_path", None)

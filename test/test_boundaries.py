@@ -15,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("lightning", "pytorch_lightning", "mujoco", "tensorboard", "torchmetrics", "onnx",
            "onnxscript", "atdt_train")
-ROS_MODULES = ("atdt_ros.node", "atdt_ros.replay.link", "atdt_ros.classmap_msg")
+ROS_MODULES = ("atdt_ros.node", "atdt_ros.ros_messages", "atdt_ros.replay.link", "atdt_ros.classmap_msg")
 
 CHILD = r"""
 import importlib, importlib.abc, pkgutil, sys

@@ -8,6 +8,7 @@ Hand-made arrays with known outputs, the parameter checks, and one node run over
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -94,23 +95,26 @@ def test_postprocessor_uses_the_metadata_range_in_its_own_buffers() -> None:
 
 
 def test_inf_and_nan_read_as_doubles_name_the_choices() -> None:
-    from atdt_ros.node import depth_sky_name
+    from atdt_ros.parameters import depth_sky_name
 
     assert depth_sky_name(float("inf")) == "inf" and depth_sky_name(float("nan")) == "nan"
     assert depth_sky_name("keep") == "keep" and depth_sky_name(-float("inf")) == "-inf"
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"depth_sky": "zero"}, "parameter depth_sky: 'zero' is not one of inf, nan, keep"),
-    ({"depth_encoding": "mono16"}, "parameter depth_encoding: 'mono16' is not one of 32FC1, 16UC1"),
+    ({"depth_sky": "zero"}, "parameter depth_sky: expected one of 'inf', 'nan', 'keep', got 'zero'"),
+    ({"depth_sky": -float("inf")}, "parameter depth_sky: expected one of 'inf', 'nan', 'keep', got '-inf'"),
+    ({"depth_encoding": "mono16"},
+     "parameter depth_encoding: expected one of '32FC1', '16UC1', got 'mono16'"),
 ])
 def test_bad_depth_parameters_name_the_parameter_and_the_choices(override, message) -> None:
-    from atdt_ros.node import PARAMETERS, StartupError, check_depth_parameters, depth_sky_name
+    from atdt_ros.parameters import ParameterError, node_parameters
 
-    check_depth_parameters(dict(PARAMETERS))  # the defaults pass
-    check_depth_parameters({**PARAMETERS, "depth_sky": depth_sky_name(float("nan"))})
-    with pytest.raises(StartupError, match=message):
-        check_depth_parameters({**PARAMETERS, **override})
+    model = {"model_path": "/models/chain"}
+    assert node_parameters(model).depth_sky == "inf"  # the defaults pass
+    assert node_parameters({**model, "depth_sky": float("nan")}).depth_sky == "nan"  # rcl's double
+    with pytest.raises(ParameterError, match=re.escape(message)):
+        node_parameters({**model, **override})
 
 
 def test_node_masks_sky_and_range_with_only_depth_subscribed(tmp_path_factory) -> None:

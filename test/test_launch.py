@@ -90,7 +90,8 @@ def test_launch_targets_exist_in_the_package(monkeypatch) -> None:
 
 
 def test_params_file_declares_exactly_the_node_parameters() -> None:
-    from atdt_ros.node import NODE_NAME, PARAMETERS
+    from atdt_ros.interface import NODE_NAME
+    from atdt_ros.parameters import DEFAULTS as PARAMETERS
 
     doc = yaml.safe_load(PARAMS.read_text())
     (key,) = doc
@@ -98,7 +99,7 @@ def test_params_file_declares_exactly_the_node_parameters() -> None:
     params = doc[key]["ros__parameters"]
     assert set(params) == set(PARAMETERS)
     for name, value in params.items():
-        assert type(value) is type(PARAMETERS[name]), name  # rclpy rejects a type change
+        assert type(value) is type(PARAMETERS[name]), name  # the default's type
 
 
 @pytest.mark.skipif(importlib.util.find_spec("launch_ros") is None,

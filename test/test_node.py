@@ -445,7 +445,7 @@ def test_a_signal_stops_the_node_cleanly(tmp_path, chain, signal_name) -> None:
 
 
 def test_mailbox_keeps_the_newest_frame_or_every_frame_in_accuracy_mode() -> None:
-    from atdt_ros.node import Mailbox
+    from atdt_ros.frames import Mailbox
 
     newest = Mailbox(keep_all=False)
     assert [newest.put(i) for i in range(3)] == [False, True, True]  # two frames dropped
@@ -461,7 +461,7 @@ def test_mailbox_keeps_the_newest_frame_or_every_frame_in_accuracy_mode() -> Non
 def test_camera_info_is_scaled_to_the_depth_image_size() -> None:
     from sensor_msgs.msg import CameraInfo
 
-    from atdt_ros.node import scale_camera_info
+    from atdt_ros.ros_messages import scale_camera_info
 
     info = CameraInfo()
     info.width, info.height, info.distortion_model = 640, 480, "plumb_bob"
@@ -478,7 +478,7 @@ def test_camera_info_is_scaled_to_the_depth_image_size() -> None:
 def test_unknown_parameter_in_the_yaml_stops_naming_it(tmp_path, chain) -> None:
     code, out = _run_to_exit(_params_file(tmp_path, chain, input_qos_typo="reliable"))
     assert code != 0
-    assert "unknown parameter(s) input_qos_typo" in out
+    assert "parameter input_qos_typo: unknown key; accepted keys: model_path," in out, out
 
 
 @pytest.mark.parametrize("override, message", [
@@ -529,7 +529,7 @@ def _info(width=1280, height=960, binning=(0, 0), roi=(0, 0, 0, 0)):
 
 
 def test_binned_camera_info_is_passed_on_and_its_focal_is_the_binned_one() -> None:
-    from atdt_ros.node import image_geometry, scale_camera_info
+    from atdt_ros.ros_messages import image_geometry, scale_camera_info
 
     info = _info(binning=(2, 2))                      # a 640x480 image of a 1280x960 camera
     out = scale_camera_info(info, 480, 640)
@@ -541,7 +541,7 @@ def test_binned_camera_info_is_passed_on_and_its_focal_is_the_binned_one() -> No
 
 
 def test_roi_camera_info_keeps_the_focal_and_moves_the_principal_point() -> None:
-    from atdt_ros.node import image_geometry, scale_camera_info
+    from atdt_ros.ros_messages import image_geometry, scale_camera_info
 
     info = _info(roi=(320, 240, 640, 480))            # the centre 640x480 of the 1280x960 camera
     out = scale_camera_info(info, 480, 640)
@@ -553,7 +553,7 @@ def test_roi_camera_info_keeps_the_focal_and_moves_the_principal_point() -> None
 
 
 def test_roi_and_binning_on_an_image_of_another_size_give_a_plain_camera_info() -> None:
-    from atdt_ros.node import image_geometry, scale_camera_info
+    from atdt_ros.ros_messages import image_geometry, scale_camera_info
 
     # ROI 640x480 at (320, 240), binned 2x2 -> described 320x240; the image received is 160x120
     info = _info(binning=(2, 2), roi=(320, 240, 640, 480))
