@@ -23,19 +23,17 @@ class NodeLink:
     def __init__(self, namespace: str, node_name: str, mode: str) -> None:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from sensor_msgs.msg import CameraInfo, Image
+
+        from atdt_ros.ros_messages import qos_profile
 
         self.rclpy = rclpy
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("atdt_replay", context=self.context)
         self.Image, self.CameraInfo = Image, CameraInfo
-        if mode == "accuracy":
-            pub_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                                 reliability=ReliabilityPolicy.RELIABLE)
-        else:  # what a camera driver offers
-            pub_qos = qos_profile_sensor_data
+        # accuracy: every frame delivered; real time: what a camera driver offers (sensor data, depth 5)
+        pub_qos = qos_profile("reliable", 10) if mode == "accuracy" else qos_profile("sensor_data", 5)
         self.image_topic = input_topic(namespace, IMAGE)
         self.info_topic = input_topic(namespace, CAMERA_INFO)
         self.depth_topic = output_topic(namespace, DEPTH, node_name)
