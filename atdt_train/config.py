@@ -265,19 +265,26 @@ def experiment_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str,
     return exp
 
 
-def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
-    """Read an experiment YAML file; errors name the file and the key at fault."""
+def read_yaml(path: str | Path, what: str) -> Any:
+    """The data of a project YAML file ({} when empty); ConfigError naming the file otherwise."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"experiment file not found: {path}")
+        raise ConfigError(f"{what} file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return data if data is not None else {}
+
+
+def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
+    """Read an experiment YAML file; errors name the file and the key at fault."""
+    path = Path(path)
+    data = read_yaml(path, "experiment")
     try:
-        exp = experiment_from_dict(data if data is not None else {}, overrides)
+        exp = experiment_from_dict(data, overrides)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     exp.source = " ".join([str(path), *(f"--set {o}" for o in overrides)])  # as typed, for reports

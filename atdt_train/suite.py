@@ -37,7 +37,7 @@ from typing import Any, Literal
 from atdt_ros.files import atomic_write
 from atdt_ros.present import MISSING, number, percent, pyplot, save_figure, signed
 
-from .config import ConfigError, Experiment, build_dataclass, load_experiment
+from .config import ConfigError, Experiment, build_dataclass, load_experiment, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +99,10 @@ class Suite:
 
 def load_suite(path: str | Path) -> tuple[Suite, dict[str, Row], list[Section]]:
     """Read and check a suite file; errors name the file, the key, the value and what is accepted."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"suite file not found: {path}")
+    data = read_yaml(path, "suite")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    try:
-        suite = build_dataclass(Suite, data if data is not None else {})
+        suite = build_dataclass(Suite, data)
         if not suite.rows:
             raise ConfigError("rows: at least one row is needed")
         rows = {str(name): build_dataclass(Row, spec, f"rows.{name}") for name, spec in suite.rows.items()}

@@ -216,3 +216,15 @@ def test_a_stage_held_by_another_process_is_waited_for_then_skipped(domains, tmp
     assert result == json.loads((stage_dir(done_exp, "n2") / "done.json").read_text())
     assert not (folder / "checkpoints").exists()  # nothing was trained here
     assert any("done already" in r.getMessage() for r in caplog.records)
+
+
+def test_experiment_and_suite_files_that_cannot_be_read_are_named(tmp_path):
+    from atdt_train.config import load_experiment
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("rows: [unclosed\n")
+    for load, what in ((load_experiment, "experiment"), (load_suite, "suite")):
+        with pytest.raises(ConfigError, match=rf"{what} file not found: {tmp_path / 'none.yaml'}"):
+            load(tmp_path / "none.yaml")
+        with pytest.raises(ConfigError, match=rf"^{broken}: not valid YAML"):
+            load(broken)
