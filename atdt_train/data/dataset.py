@@ -169,9 +169,10 @@ def resize_frame(rgb: np.ndarray, semantic: np.ndarray, depth: np.ndarray,
     """Resize to (H, W): the image with area (shrinking) or bilinear filtering, labels and depth nearest."""
     import cv2
 
+    from atdt_ros.imgproc import resize_interpolation  # the node resizes camera images the same way
+
     h, w = size
-    shrinking = h <= rgb.shape[0] and w <= rgb.shape[1]
-    rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    rgb = cv2.resize(rgb, (w, h), interpolation=resize_interpolation(rgb.shape[:2], (h, w)))
     semantic = cv2.resize(semantic, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
     depth = cv2.resize(depth, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
     return rgb, semantic, depth
