@@ -38,7 +38,6 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from atdt_ros.artifact import ArtifactError, load_metadata
 from atdt_ros.backends import BackendUnavailable, open_backend, tensorrt_status
-from atdt_ros.camera import image_matrices
 from atdt_ros.frames import Counters, Mailbox
 from atdt_ros.imgproc import (
     COMPRESSED_FORMATS,
@@ -410,9 +409,7 @@ class PerceptionNode(LifecycleNode):
         if self.transport is None or self.p.image_transport != "raw" \
                 or not (msg.width and msg.height):
             return
-        size = image_matrices(msg.k, msg.p, msg.width, msg.height, msg.binning_x,
-                              msg.binning_y, (msg.roi.x_offset, msg.roi.y_offset,
-                                              msg.roi.width, msg.roi.height))
+        size = image_geometry(msg)
         key = (size.width, size.height, self._encoding)
         if key in self._oversize_said:
             return
@@ -506,14 +503,14 @@ class PerceptionNode(LifecycleNode):
             geometry = image_geometry(info, height, width) if calibrated else None  # P, binning, ROI
             focal = geometry.focal_x if geometry is not None else None
             depth = self.post.depth_metres(out["depth"], height, width, focal)
-            if self.p["depth_sky"] != "keep" or want_points:  # sky mask, cloud labels
+            if self.p.depth_sky != "keep" or want_points:  # sky mask, cloud labels
                 labels = self.post.semantic_ids(out["semantic"], height, width)
-            depth_encoding = self.p["depth_encoding"]
-            depth = self.post.depth_output(depth, labels, self.p["depth_sky"],
-                                           bool(self.p["depth_range_limits"]), depth_encoding)
+            depth_encoding = self.p.depth_encoding
+            depth = self.post.depth_output(depth, labels, self.p.depth_sky,
+                                           self.p.depth_range_limits, depth_encoding)
             steps.lap(POSTPROCESS)
             if want_depth:
-                ready.append((self.pub_depth, self._image(msg, depth, depth_encoding)))
+                ready.append((self.pub_depth, image_message(msg, depth, depth_encoding)))
                 if info is not None:
                     scaled = scale_camera_info(info, height, width)
                     scaled.header = msg.header
@@ -522,19 +519,19 @@ class PerceptionNode(LifecycleNode):
             if want_points:  # from the depth as published (sky, range limits, 16UC1 rounding)
                 cloud = self.cloud(depth, labels, geometry.intrinsics)
                 steps.lap(POSTPROCESS)
-                ready.append((self.pub_points, self._cloud_message(msg, cloud)))
+                ready.append((self.pub_points, cloud_message(msg, cloud)))
                 steps.lap(MESSAGES)
         if want_semantic or want_color:
             if labels is None:
                 labels = self.post.semantic_ids(out["semantic"], height, width)
                 steps.lap(POSTPROCESS)
             if want_semantic:
-                ready.append((self.pub_semantic, self._image(msg, labels, "mono8")))
+                ready.append((self.pub_semantic, image_message(msg, labels, "mono8")))
                 steps.lap(MESSAGES)
             if want_color:
                 color = self.post.semantic_color(labels)
                 steps.lap(POSTPROCESS)
-                ready.append((self.pub_color, self._image(msg, color, "rgb8")))
+                ready.append((self.pub_color, image_message(msg, color, "rgb8")))
                 steps.lap(MESSAGES)
         for publisher, message in ready:
             publisher.publish(message)
@@ -544,8 +541,6 @@ class PerceptionNode(LifecycleNode):
             self.counters.window_processed += 1
             steps.commit()
 
-    _image = staticmethod(image_message)  # output messages (atdt_ros.ros_messages)
-    _cloud_message = staticmethod(cloud_message)
 
     # ---- diagnostics ------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:

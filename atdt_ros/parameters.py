@@ -66,10 +66,6 @@ class NodeParameters:
     diagnostics_period: float = 1.0     # seconds between /diagnostics messages
     error_throttle: float = 2.0         # seconds between repeated rejection messages
 
-    def __getitem__(self, name: str) -> Any:
-        """A parameter by its ROS name (``p["depth_sky"]``), as the per-frame code reads them."""
-        return getattr(self, name)
-
 
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(NodeParameters)}
 """Every parameter's name and default, in declaration order."""
@@ -115,8 +111,8 @@ def _check(p: NodeParameters) -> None:
                              f"every rejection)")
     lo, hi = QUEUE_DEPTHS
     for name in ("input_depth", "output_depth"):
-        if not lo <= p[name] <= hi:
-            raise ParameterError(f"parameter {name}: {p[name]} is outside {lo}..{hi}")
+        if not lo <= getattr(p, name) <= hi:
+            raise ParameterError(f"parameter {name}: {getattr(p, name)} is outside {lo}..{hi}")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", p.device):
         raise ParameterError(f"parameter device: '{printable(p.device)}' is not one of cpu, cuda, "
                              f"cuda:N")

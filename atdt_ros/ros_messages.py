@@ -47,13 +47,13 @@ def qos_profile(kind: str, depth: int) -> QoSProfile:
                       durability=DurabilityPolicy.VOLATILE)
 
 
-def image_geometry(info: CameraInfo, height: int, width: int) -> ImageGeometry:
-    """:class:`atdt_ros.camera.ImageGeometry` of an image of (height, width) from its camera_info
-    (binning and ROI honoured, rescaled if the image has another size)."""
+def image_geometry(info: CameraInfo, height: int | None = None, width: int | None = None) -> ImageGeometry:
+    """:class:`atdt_ros.camera.ImageGeometry` of the image a camera_info describes (binning and
+    ROI honoured), rescaled to (height, width) when given and the image has another size."""
     roi = info.roi
     return image_matrices(info.k, info.p, info.width, info.height, info.binning_x,
                           info.binning_y, (roi.x_offset, roi.y_offset, roi.width, roi.height),
-                          (height, width))
+                          None if height is None else (height, width))
 
 
 def scale_camera_info(info: CameraInfo, height: int, width: int) -> CameraInfo:

@@ -16,7 +16,7 @@ def test_the_defaults_with_a_model_are_the_dataclass_defaults() -> None:
     p = node_parameters(MODEL)
     assert p == NodeParameters(model_path="/models/chain")
     assert list(DEFAULTS) == [f for f in NodeParameters.__dataclass_fields__]
-    assert p["depth_sky"] == p.depth_sky == "inf"  # by ROS name, as the per-frame code reads it
+    assert p.depth_sky == "inf"
 
 
 def test_an_int_is_taken_for_a_float_and_a_float_is_not_taken_for_an_int() -> None:
