@@ -22,6 +22,8 @@ from .config import Experiment
 from .runtime import global_rank
 
 if TYPE_CHECKING:
+    import torch
+
     from .models import TaskNet, TransferNet
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,9 @@ def is_done(exp: Experiment, name: str) -> bool:
 
 def weights_record(exp: Experiment, module: Any) -> dict[str, Any]:
     """The ``weights.pt`` record of a trained Lightning module: the network's settings and its
-    state dict on the CPU (``kind`` ``task_net`` or ``transfer_net``)."""
-    from .lit import TaskModule
+    state dict on the CPU (``kind`` ``task_net``, ``transfer_net``, or ``selftrained``: the G
+    record under ``g`` and D2's state dict under ``d2``)."""
+    from .lit import SelfTrainModule, TaskModule
 
     def cpu(sd: dict) -> dict:
         return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
@@ -57,8 +60,11 @@ def weights_record(exp: Experiment, module: Any) -> dict[str, Any]:
                 "state_dict": cpu(module.net.state_dict())}
     g = module.g
     hidden = g.down[0][0].out_channels
-    return {"kind": "transfer_net", "channels": g.channels, "out_channels": g.out_channels,
-            "hidden": hidden, "norm": m.norm, "state_dict": cpu(g.state_dict())}
+    g_record = {"kind": "transfer_net", "channels": g.channels, "out_channels": g.out_channels,
+                "hidden": hidden, "norm": m.norm, "state_dict": cpu(g.state_dict())}
+    if isinstance(module, SelfTrainModule):
+        return {"kind": "selftrained", "g": g_record, "d2": cpu(module.d2.state_dict())}
+    return g_record
 
 
 def write_done(exp: Experiment, name: str, module: Any, step: int, seconds: float) -> None:
@@ -99,14 +105,26 @@ def load_task_net(exp: Experiment, name: str) -> "TaskNet":
     return net.eval()
 
 
-def load_transfer_net(exp: Experiment) -> "TransferNet":
-    """The trained transfer network G, in eval mode."""
+def load_transfer_net(exp: Experiment, name: str = "g") -> "TransferNet":
+    """The trained transfer network G of stage ``g`` (or the self-trained one of ``st``), in eval mode."""
     from .models import TransferNet
 
-    record = load_weights(weights_path(exp, "g"))
+    record = load_weights(weights_path(exp, name))
+    if record.get("kind") == "selftrained":
+        record = record["g"]
     g = TransferNet(record["channels"], record["norm"], record["hidden"], record["out_channels"])
     g.load_state_dict(record["state_dict"])
     return g.eval()
+
+
+def load_selftrained_decoder(exp: Experiment, d2: "torch.nn.Module") -> "torch.nn.Module":
+    """Load stage st's self-trained D2 into ``d2`` (N2's decoder, same architecture); eval mode."""
+    path = weights_path(exp, "st")
+    record = load_weights(path)
+    if record.get("kind") != "selftrained":
+        raise ValueError(f"{path}: not a self-training record (kind {record.get('kind')!r})")
+    d2.load_state_dict(record["d2"])
+    return d2.eval()
 
 
 def resume_checkpoint(folder: Path) -> str | None:

@@ -74,6 +74,7 @@ class Steps:
     n2: int = 2000
     g: int = 2000
     oracle: int = 2000
+    st: int = 0  # self-training of G and D2 on B (beyond the paper; 0 = no such stage)
 
 
 @dataclass
@@ -114,6 +115,31 @@ class Transfer:
 
     task_loss: float = 0.0
     class_weights: Literal["none", "inverse_sqrt"] = "none"
+
+
+@dataclass
+class SelfTrain:
+    """Stage ``st`` (beyond the paper, on when ``steps.st`` > 0): G and D2 refined on B with AT/DT's
+    own predictions as pseudo-labels, while E1 stays frozen, so the deployed chain is still one E1
+    pass. Semantic task 2 only.
+
+    Pseudo-labels are class-balanced (CBST, Zou et al., ECCV 2018): for each class, the ``portion``
+    most confident of the pixels AT/DT assigns to it are kept, the rest ignored, so that rare
+    (thin) classes keep as large a share as frequent ones. ``adabn``: predict them after
+    re-estimating G's and D2's batch-norm statistics on B (the AT/DT+AdaBN row). ``teacher``:
+    who labels B: ``atdt`` (the chain alone) or ``atdt+baseline`` (the mean of its softmax and that
+    of N2, both adapted likewise: N2 is then a second teacher at training time only; the deployed
+    chain stays one E1 pass). Each step
+    trains on one batch of B (pseudo-labels) and one of A (its true labels, weight
+    ``source_weight``) through D2(G(E1(x))); ``lr`` defaults to ``optimizer.lr``.
+    """
+
+    portion: float = 0.5
+    adabn: bool = True
+    teacher: Literal["atdt", "atdt+baseline"] = "atdt"
+    source_weight: float = 1.0
+    class_weights: Literal["none", "inverse_sqrt"] = "none"
+    lr: float | None = None
 
 
 @dataclass
@@ -158,6 +184,7 @@ class Experiment:
     steps: Steps = field(default_factory=Steps)
     optimizer: Optimizer = field(default_factory=Optimizer)
     transfer: Transfer = field(default_factory=Transfer)
+    selftrain: SelfTrain = field(default_factory=SelfTrain)
     depth: DepthOptions = field(default_factory=DepthOptions)
     trainer: Trainer = field(default_factory=Trainer)
     evaluation: Evaluation = field(default_factory=Evaluation)
@@ -216,8 +243,18 @@ def _validate(exp: Experiment) -> None:
         raise ConfigError(f"data.height/width: must be multiples of 16 (output stride), "
                           f"got {exp.data.height}x{exp.data.width}")
     positive("data.num_workers", exp.data.num_workers, allow_zero=True)
-    for name in ("n1", "n2", "g", "oracle"):
+    for name in ("n1", "n2", "g", "oracle", "st"):
         positive(f"steps.{name}", getattr(exp.steps, name), allow_zero=True)
+    st = exp.selftrain
+    if not 0 < st.portion <= 1:
+        raise ConfigError(f"selftrain.portion: the share of each class's pixels kept as pseudo-labels, "
+                          f"need 0 < portion <= 1, got {st.portion}")
+    positive("selftrain.source_weight", st.source_weight, allow_zero=True)
+    if st.lr is not None:
+        positive("selftrain.lr", st.lr)
+    if exp.steps.st > 0 and exp.task2 != "semantic":
+        raise ConfigError(f"steps.st: self-training (stage st) refines semantic segmentation, but task 2 "
+                          f"of {exp.direction} is {exp.task2}; accepted: steps.st: 0, or direction: dep2sem")
     positive("optimizer.lr", exp.optimizer.lr)
     positive("transfer.task_loss", exp.transfer.task_loss, allow_zero=True)
     if exp.transfer.class_weights != "none" and exp.task2 != "semantic":

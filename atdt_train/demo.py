@@ -166,7 +166,9 @@ def summary_table(results: dict[str, Any], task: str, replays: dict[str, dict[st
     cfg = results.get("config", {})
     atdt = method_labels(cfg)["atdt"]
     names = {"baseline": "Baseline (N2 trained on A)", "baseline_adabn": "Baseline + AdaBN",
-             "atdt": f"{atdt}  D2(G(E1(x)))", "atdt_adabn": f"{atdt} + AdaBN", "oracle": "Oracle (N2 trained on B)"}
+             "atdt": f"{atdt}  D2(G(E1(x)))", "atdt_adabn": f"{atdt} + AdaBN",
+             "atdt_st": f"{atdt} + self-training", "oracle": "Oracle (N2 trained on B)"}
+    node_chain = names["atdt_st"] if cfg.get("steps", {}).get("st", 0) > 0 else atdt
     lines = []
     for domain in ("B", "A"):
         rows = results.get("domains", {}).get(domain, {}).get("task2", {})
@@ -179,14 +181,16 @@ def summary_table(results: dict[str, Any], task: str, replays: dict[str, dict[st
                 lines.append(f"  {label:28s}" + "".join(f"{v:>10s}" for v in _row(rows[key], task)))
         if domain == "B" and "accuracy" in replays:
             node = replays["accuracy"]
-            lines.append(f"  {f'node, bag replay ({atdt})':28s}"
+            lines.append(f"  {f'node, bag replay ({node_chain})':28s}"
                          + "".join(f"{v:>10s}" for v in _row(node[task], task)))
         if domain == "B" and "accuracy" in replays and precision != "32":
             lines.append(f"  (offline rows computed with {precision} autocast, the node runs the fp32 export)")
-        closed = gap_closed(rows, "miou" if task == "semantic" else "abs_rel") if domain == "B" else math.nan
-        if not math.isnan(closed):
-            lines.append(f"  {atdt} closes {100 * closed:.0f}% of the Baseline->Oracle "
-                         f"{'mIoU' if task == 'semantic' else 'Abs Rel'} gap on B")
+        for method in ("atdt", "atdt_st"):
+            closed = gap_closed(rows, "miou" if task == "semantic" else "abs_rel", method) \
+                if domain == "B" else math.nan
+            if not math.isnan(closed):
+                lines.append(f"  {names[method].split('  ')[0]} closes {100 * closed:.0f}% of the Baseline->Oracle "
+                             f"{'mIoU' if task == 'semantic' else 'Abs Rel'} gap on B")
         lines.append("")
     if task == "semantic":
         lines.append(f"G trained by {transfer_name(cfg)}; thin = mean IoU of person, pole and traffic sign")

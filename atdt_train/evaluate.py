@@ -8,6 +8,8 @@ Rows (task 2 on the evaluated domain):
 - ``atdt_adabn``: Eq. 4 with the batch-norm statistics of G and D2 re-estimated on features of
   the evaluated domain's training images; E1 is kept as trained (the shared N1 has already seen
   B, and its statistics describe both domains).
+- ``atdt_st`` (beyond the paper, with stage ``st``): Eq. 4 with G and D2 self-trained on B's
+  pseudo-labels (selftrain.py); the exported chain is this one.
 - ``oracle``: N2 trained on B's task-2 labels (an upper bound on B).
 AdaBN rows exist only with ``norm: batch``. Task 1 (N1 on the evaluated domain) is reported too.
 """
@@ -18,77 +20,28 @@ import copy
 import json
 import logging
 import time
-from contextlib import nullcontext
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from atdt_ros.classmap import NUM_CLASSES, UNLABELED
 from atdt_ros.files import atomic_write
 from atdt_ros.metrics import DepthMetric, SegmentationMetric
 
+from .adabn import Predictor, adapt_batchnorm, eval_loader, has_batchnorm, inference_device, precision_autocast
 from .config import Experiment
 from .lit import depth_to_metres
 from .models import TaskNet, TransferNet, transfer
-from .checkpoints import is_done, load_task_net, load_transfer_net, stage_dir
+from .checkpoints import is_done, load_selftrained_decoder, load_task_net, load_transfer_net, stage_dir
 from .runtime import adapt_to_machine, configure_threads
 from .stages import e1_stage, make_dataset, resolve_focal_ref, training_stages
 
 log = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = ("baseline", "baseline_adabn", "atdt", "atdt_adabn", "oracle")
-
-Predictor = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _device(exp: Experiment) -> torch.device:
-    if exp.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def _autocast(exp: Experiment, device: torch.device):
-    if exp.trainer.precision == "bf16-mixed":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if exp.trainer.precision == "16-mixed" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return nullcontext()
-
-
-def has_batchnorm(*modules: nn.Module) -> bool:
-    """True when any module holds a batch-norm layer (AdaBN applies)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for mod in modules for m in mod.modules())
-
-
-@torch.no_grad()
-def adapt_batchnorm(modules: list[nn.Module], forward: Predictor, loader: DataLoader, max_batches: int,
-                    prepare: Callable[[torch.Tensor], torch.Tensor]) -> int:
-    """AdaBN: re-estimate the batch-norm statistics of ``modules`` from ``forward`` on unlabelled
-    images (cumulative average over up to ``max_batches`` batches). Returns the batches used."""
-    layers = [m for mod in modules for m in mod.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in layers]
-    for bn in layers:
-        bn.reset_running_stats()
-        bn.momentum = None
-        bn.train()
-    used = 0
-    for batch in loader:
-        if used >= max_batches:
-            break
-        forward(prepare(batch["image"]))
-        used += 1
-    for bn, momentum in zip(layers, momenta):
-        bn.momentum = momentum
-        bn.eval()
-    return used
-
-
-def _loader(dataset, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=0, generator=generator)
+METHODS: tuple[str, ...] = ("baseline", "baseline_adabn", "atdt", "atdt_adabn", "atdt_st", "oracle")
 
 
 def predict(task: str, output: torch.Tensor, focal: torch.Tensor, focal_ref: float | None) -> np.ndarray:
@@ -144,10 +97,10 @@ def evaluate_domain(exp: Experiment, domain: str, nets: dict[str, nn.Module], de
 
     predictors: dict[str, Predictor] = {"baseline": n2, "atdt": eq4(e1, g, d2)}
     adabn = exp.evaluation.adabn_batches > 0 and has_batchnorm(n2)
-    autocast = _autocast(exp, device)
+    autocast = precision_autocast(exp, device)
     if adabn:
         train = make_dataset(exp, domain, "train")
-        loader = _loader(train, exp.evaluation.batch_size, shuffle=True, seed=exp.seed)
+        loader = eval_loader(train, exp.evaluation.batch_size, shuffle=True, seed=exp.seed)
         n2_ada = copy.deepcopy(n2)
         with autocast:
             used = adapt_batchnorm([n2_ada], n2_ada, loader, exp.evaluation.adabn_batches, prepare)
@@ -157,6 +110,8 @@ def evaluate_domain(exp: Experiment, domain: str, nets: dict[str, nn.Module], de
         predictors["baseline_adabn"] = n2_ada
         predictors["atdt_adabn"] = eq4(e1, g_ada, d2_ada)
         log.info("AdaBN on %s: statistics from %d batches of its training images", domain, used)
+    if "g_st" in nets:
+        predictors["atdt_st"] = eq4(e1, nets["g_st"], nets["d2_st"])
     if oracle is not None:
         predictors["oracle"] = oracle
     predictors = {k: predictors[k] for k in METHODS if k in predictors}
@@ -173,7 +128,7 @@ def evaluate_domain(exp: Experiment, domain: str, nets: dict[str, nn.Module], de
     seen = 0
     started = time.monotonic()
     with torch.no_grad(), autocast:
-        for batch in _loader(test, exp.evaluation.batch_size):
+        for batch in eval_loader(test, exp.evaluation.batch_size):
             x = prepare(batch["image"])
             preds = {k: predict(task2, f(x), batch["focal"], focal_ref) for k, f in predictors.items()}
             for k, p in preds.items():
@@ -218,7 +173,7 @@ def evaluate_experiment(exp: Experiment) -> dict[str, Any]:
                                     f"run `atdt_train run` or `atdt_train stage {needed}` first")
     configure_threads(exp)
     adapt_to_machine(exp)
-    device = _device(exp)
+    device = inference_device(exp)
     focal_ref = resolve_focal_ref(exp)
     nets: dict[str, nn.Module] = {"n2": load_task_net(exp, "n2"), "g": load_transfer_net(exp)}
     task1_nets: dict[str, TaskNet] = {}
@@ -227,6 +182,12 @@ def evaluate_experiment(exp: Experiment) -> dict[str, Any]:
         if name not in task1_nets:
             task1_nets[name] = load_task_net(exp, name)
         nets[f"n1_{domain}"] = task1_nets[name]
+    if exp.steps.st > 0:
+        if not is_done(exp, "st"):
+            raise FileNotFoundError(f"stage st is not complete ({stage_dir(exp, 'st')}); run `atdt_train run` "
+                                    f"or `atdt_train stage st` first, or set steps.st=0")
+        nets["g_st"] = load_transfer_net(exp, "st")
+        nets["d2_st"] = load_selftrained_decoder(exp, copy.deepcopy(nets["n2"].decoder))
     if is_done(exp, "oracle"):
         nets["oracle"] = load_task_net(exp, "oracle")
     else:

@@ -19,7 +19,7 @@ from atdt_ros.classmap import UNLABELED
 from atdt_ros.files import atomic_path
 
 from .config import Experiment
-from .models import DECODER_WIDTHS, Encoder, TaskNet, TransferNet
+from .models import DECODER_WIDTHS, Encoder, TaskNet, TransferNet, transfer_features
 
 
 class NonFiniteLossError(RuntimeError):
@@ -169,10 +169,11 @@ def _poly(max_steps: int):
 class _StageModule(L.LightningModule):
     """Shared optimiser, input layout and non-finite-loss guard of the stages."""
 
-    def __init__(self, exp: Experiment, max_steps: int) -> None:
+    def __init__(self, exp: Experiment, max_steps: int, lr: float | None = None) -> None:
         super().__init__()
         self.exp = exp
         self.max_steps = max_steps
+        self.lr = float(lr if lr is not None else exp.optimizer.lr)
         self.channels_last = exp.trainer.channels_last
         self.last_loss = float("nan")
 
@@ -196,7 +197,7 @@ class _StageModule(L.LightningModule):
         opt = self.exp.optimizer
         params = self._trainable()
         fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params)
-        optimizer = torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay, fused=fused or None)
+        optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=opt.weight_decay, fused=fused or None)
         if opt.schedule == "constant":
             return optimizer
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(self.max_steps))
@@ -286,5 +287,51 @@ class TransferModule(_StageModule):
             self.log("task", through_d2)
         self._check_finite(loss)
         self.last_loss = float(loss.detach())
+        self.log("loss", loss, prog_bar=True)
+        return loss
+
+
+class SelfTrainModule(_StageModule):
+    """Stage ``st``: refines G and D2 on B's pseudo-labels and A's labels, E1 frozen (config.SelfTrain).
+
+    Each step takes a batch of A (true task-2 labels) and one of B (pseudo-labels, 255 where none
+    was kept) and runs them through D2(G(E1(x))) as one batch, so the batch-norm layers of G and D2
+    see both domains together, as N1's saw A∪B; the loss is CE(B) + ``source_weight`` · CE(A).
+    """
+
+    def __init__(self, exp: Experiment, e1: Encoder, g: TransferNet, d2: nn.Module, max_steps: int,
+                 class_weight: torch.Tensor | None = None) -> None:
+        super().__init__(exp, max_steps, lr=exp.selftrain.lr)
+        self.e1, self.g, self.d2 = e1, g, d2
+        for p in e1.parameters():
+            p.requires_grad_(False)
+        self.source_weight = float(exp.selftrain.source_weight)
+        self.register_buffer("class_weight", class_weight, persistent=False)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+        self.train()
+
+    def train(self, mode: bool = True) -> "SelfTrainModule":
+        super().train(mode)
+        self.e1.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return transfer_features(self.g, self.d2, self.e1(x), (x.shape[-2], x.shape[-1]))
+
+    def training_step(self, batch: dict[str, dict[str, torch.Tensor]], batch_idx: int) -> torch.Tensor:
+        a, b = batch["A"], batch["B"]
+        n = b["image"].shape[0]
+        x = self._input({"image": torch.cat([b["image"], a["image"]])})
+        with torch.no_grad():
+            f1 = self.e1(x)
+        logits = transfer_features(self.g, self.d2, f1, (x.shape[-2], x.shape[-1]))
+        target = semantic_loss(logits[:n], b["semantic"], self.class_weight)
+        source = semantic_loss(logits[n:], a["semantic"], self.class_weight)
+        loss = target + self.source_weight * source
+        self._check_finite(loss)
+        self.last_loss = float(loss.detach())
+        self.log("pseudo", target)
+        self.log("source", source)
         self.log("loss", loss, prog_bar=True)
         return loss

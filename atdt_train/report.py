@@ -16,7 +16,7 @@ from atdt_ros.present import DEPTH_NAMES, depth_colormap, depth_header, depth_va
 
 METHOD_LABELS: dict[str, str] = {
     "baseline": "Baseline", "baseline_adabn": "Baseline+AdaBN", "atdt": "AT/DT",
-    "atdt_adabn": "AT/DT+AdaBN", "oracle": "Oracle",
+    "atdt_adabn": "AT/DT+AdaBN", "atdt_st": "AT/DT+ST", "oracle": "Oracle",
 }
 
 
@@ -41,18 +41,19 @@ def method_labels(cfg: dict[str, Any]) -> dict[str, str]:
     """Row labels of a report: AT/DT rows are AT/DT+ when G was trained beyond the paper."""
     if transfer_name(cfg) == "Eq. 3 (paper)":
         return dict(METHOD_LABELS)
-    return {**METHOD_LABELS, "atdt": "AT/DT+", "atdt_adabn": "AT/DT++AdaBN"}
+    return {**METHOD_LABELS, "atdt": "AT/DT+", "atdt_adabn": "AT/DT++AdaBN", "atdt_st": "AT/DT++ST"}
 
 
 DOMAIN_TITLES = {"B": "domain B (target: no task-2 labels used, except by the Oracle)",
                  "A": "domain A (source)"}
 
 
-def gap_closed(rows: dict[str, dict[str, Any]], key: str) -> float:
-    """(AT/DT − Baseline) / (Oracle − Baseline) for metric ``key`` (NaN without an Oracle)."""
-    if not {"baseline", "atdt", "oracle"} <= rows.keys():
+def gap_closed(rows: dict[str, dict[str, Any]], key: str, method: str = "atdt") -> float:
+    """(method − Baseline) / (Oracle − Baseline) for metric ``key`` (NaN without an Oracle);
+    ``method`` is the AT/DT row by default."""
+    if not {"baseline", method, "oracle"} <= rows.keys():
         return math.nan
-    base, atdt, oracle = rows["baseline"][key], rows["atdt"][key], rows["oracle"][key]
+    base, atdt, oracle = rows["baseline"][key], rows[method][key], rows["oracle"][key]
     if oracle == base or any(math.isnan(v) for v in (base, atdt, oracle)):
         return math.nan
     return (atdt - base) / (oracle - base)
@@ -119,6 +120,12 @@ def render_report(results: dict[str, Any]) -> str:
         f"- Steps: N1 {s['n1']}, N2 {s['n2']}, G {s['g']}, Oracle {s['oracle']}; Adam lr {cfg['optimizer']['lr']}",
         f"- G trained by {transfer_name(cfg)}",
     ]
+    if s.get("st", 0) > 0:
+        st = cfg["selftrain"]
+        lines.append(f"- Self-training (stage st, beyond the paper): G and D2 refined for {s['st']} steps on "
+                     f"B's class-balanced pseudo-labels (portion {st['portion']}, "
+                     f"{'after' if st['adabn'] else 'without'} AdaBN) and A's labels (weight "
+                     f"{st['source_weight']}); the exported chain is the AT/DT+ST row")
     labels = method_labels(cfg)
     if "depth" in (task1, task2):
         dep = cfg["depth"]
@@ -137,10 +144,11 @@ def render_report(results: dict[str, Any]) -> str:
         lines += ["", f"## {task2.capitalize()} on {DOMAIN_TITLES[domain]}: {res['frames']} test frames", ""]
         lines += semantic_table(rows, labels) if task2 == "semantic" else depth_table(rows, labels)
         key = "miou" if task2 == "semantic" else "abs_rel"
-        closed = gap_closed(rows, key) if domain == "B" else math.nan  # the Oracle is B's
-        if not math.isnan(closed):
-            lines += ["", f"{labels['atdt']} closes {100 * closed:.0f}% of the Baseline→Oracle gap in "
-                          f"{'mIoU' if key == 'miou' else 'Abs Rel'}."]
+        for method in ("atdt", "atdt_st"):
+            closed = gap_closed(rows, key, method) if domain == "B" else math.nan  # the Oracle is B's
+            if not math.isnan(closed):
+                lines += ["", f"{labels[method]} closes {100 * closed:.0f}% of the Baseline→Oracle gap in "
+                              f"{'mIoU' if key == 'miou' else 'Abs Rel'}."]
         if not res.get("adabn"):
             lines += ["", "AdaBN rows: not applicable (no batch normalisation)."]
         lines += ["", f"Task 1 ({task1}, N1) on {domain}: {_task1_line(task1, res['task1'])}."]
@@ -149,7 +157,8 @@ def render_report(results: dict[str, Any]) -> str:
     lines += ["", f"Rows: Baseline = N2 trained on A; {labels['atdt']} = D2(G(E1(x))) (Eq. 4, G trained by "
               f"{transfer_name(cfg)}); thin = mean IoU of person, pole and traffic sign; +AdaBN = batch-norm "
               "statistics re-estimated on the evaluated domain's unlabelled training images (for AT/DT: "
-              "those of G and D2; E1 is kept); Oracle = N2 trained on B's task-2 labels.", ""]
+              "those of G and D2; E1 is kept); +ST = G and D2 self-trained on B's pseudo-labels; "
+              "Oracle = N2 trained on B's task-2 labels.", ""]
     return "\n".join(lines)
 
 

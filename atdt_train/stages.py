@@ -3,6 +3,8 @@
 1. ``n1``: N1 = D1∘E1 for task 1 on A∪B (``shared: false`` trains ``n1_A`` and ``n1_B``, Sec. 6.2).
 2. ``n2``: N2 = D2∘E2 for task 2 on A (also the Baseline on B).
 3. ``g``: the transfer network G on A by Eq. 3, E1 and E2 frozen.
+   ``st`` (beyond the paper, when ``steps.st`` > 0): G and D2 refined on B's pseudo-labels and A's
+   labels, E1 frozen (selftrain.py); the deployed chain then uses its G and D2.
 4. ``evaluate``: Baseline, Baseline+AdaBN, AT/DT (Eq. 4), AT/DT+AdaBN and the ``oracle`` stage
    (N2 trained on B's task-2 labels) on B's and A's test splits.
 
@@ -25,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from atdt_ros.files import atomic_write
 
-from .checkpoints import (is_done, load_task_net, load_transfer_net, resume_checkpoint, stage_dir, weights_path,
-                          write_done)
+from .checkpoints import (is_done, load_selftrained_decoder, load_task_net, load_transfer_net, resume_checkpoint,
+                          stage_dir, weights_path, write_done)
 from .config import ConfigError, Experiment, load_experiment
 from .runtime import adapt_to_machine, configure_threads, global_rank, quiet_lightning
 
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STAGE_NAMES: tuple[str, ...] = ("n1", "n1_A", "n1_B", "n2", "g", "oracle", "evaluate")
+STAGE_NAMES: tuple[str, ...] = ("n1", "n1_A", "n1_B", "n2", "g", "st", "oracle", "evaluate")
 
 
 # ----------------------------------------------------------------------------- stages
@@ -45,7 +47,7 @@ STAGE_NAMES: tuple[str, ...] = ("n1", "n1_A", "n1_B", "n2", "g", "oracle", "eval
 def training_stages(exp: Experiment) -> list[str]:
     """Training stages of an experiment, in the order ``run`` executes them."""
     n1 = ["n1"] if exp.shared else ["n1_A", "n1_B"]
-    return n1 + ["n2", "g", "oracle"]
+    return n1 + ["n2", "g"] + (["st"] if exp.steps.st > 0 else []) + ["oracle"]
 
 
 def e1_stage(exp: Experiment, domain: str = "A") -> str:
@@ -54,7 +56,7 @@ def e1_stage(exp: Experiment, domain: str = "A") -> str:
 
 
 def stage_spec(exp: Experiment, name: str) -> tuple[str | None, tuple[str, ...], int]:
-    """(task or None for G, training domains, steps) of a training stage."""
+    """(task or None for G and st, training domains, steps) of a training stage."""
     specs = {
         "n1": (exp.task1, ("A", "B"), exp.steps.n1),
         "n1_A": (exp.task1, ("A",), exp.steps.n1),
@@ -62,6 +64,7 @@ def stage_spec(exp: Experiment, name: str) -> tuple[str | None, tuple[str, ...],
         "n2": (exp.task2, ("A",), exp.steps.n2),
         "oracle": (exp.task2, ("B",), exp.steps.oracle),
         "g": (None, ("A",), exp.steps.g),
+        "st": (None, ("A", "B"), exp.steps.st),
     }
     if name not in specs:
         raise ConfigError(f"unknown stage {name!r}; accepted: {', '.join(STAGE_NAMES)}")
@@ -171,6 +174,8 @@ def train_stage(exp: Experiment, name: str) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     # resuming mid-epoch restarts the shuffled loader: harmless for step-based training
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
+    # raised inside Lightning's CombinedLoader (stage st) by its own use of torch's pytree
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
     folder = stage_dir(exp, name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -216,7 +221,10 @@ def _train_stage(exp: Experiment, name: str, folder: Path) -> dict[str, Any]:
     adapt_to_machine(exp)
     L.seed_everything(exp.seed, workers=True, verbose=False)
     focal_ref = resolve_focal_ref(exp)
-    if task is None:
+    loader = None
+    if name == "st":
+        module, loader = _selftrain_setup(exp, folder, steps)
+    elif task is None:
         for needed in (e1_stage(exp, "A"), "n2"):
             if not is_done(exp, needed):
                 raise ConfigError(f"stage g needs stage {needed} first ({stage_dir(exp, needed)} is not complete)")
@@ -232,7 +240,8 @@ def _train_stage(exp: Experiment, name: str, folder: Path) -> dict[str, Any]:
                                                    focal_ref=focal_ref, class_weight=weight)
     else:
         module = TaskModule(exp, task, steps, focal_ref)
-    loader = train_loader(exp, domains)
+    if loader is None:
+        loader = train_loader(exp, domains)
     started = time.monotonic()
     previous = _previous_seconds(folder)
 
@@ -254,7 +263,8 @@ def _train_stage(exp: Experiment, name: str, folder: Path) -> dict[str, Any]:
 
     trainer = _make_trainer(exp, name, steps, [Timer(), Finish()])
     resume = resume_checkpoint(folder)
-    what = task or ("G (Eq. 3)" if exp.transfer.task_loss == 0 else
+    what = task or ("G and D2 by self-training on B's pseudo-labels" if name == "st" else
+                    "G (Eq. 3)" if exp.transfer.task_loss == 0 else
                     f"G (Eq. 3 + {exp.transfer.task_loss:g} x {exp.task2} loss through D2"
                     f"{', class weights ' + exp.transfer.class_weights if exp.transfer.class_weights != 'none' else ''})")
     log.info("stage %s: %s on %s, %d steps%s", name, what, "∪".join(domains), steps,
@@ -267,6 +277,58 @@ def _train_stage(exp: Experiment, name: str, folder: Path) -> dict[str, Any]:
     return json.loads((folder / "done.json").read_text())
 
 
+def _selftrain_setup(exp: Experiment, folder: Path, steps: int):
+    """Stage st's module and loader: E1, G and D2 from the earlier stages, B's pseudo-labels
+    (computed once, kept in the stage folder: selftrain.py) and A's labelled frames."""
+    from lightning.pytorch.utilities import CombinedLoader
+    from torch.utils.data import DataLoader
+
+    from .lit import SelfTrainModule, inverse_sqrt_weights
+    from .selftrain import PseudoLabelled
+
+    for needed in (e1_stage(exp, "B"), "n2", "g"):
+        if not is_done(exp, needed):
+            raise ConfigError(f"stage st needs stage {needed} first ({stage_dir(exp, needed)} is not complete)")
+    e1 = load_task_net(exp, e1_stage(exp, "B")).encoder
+    g, d2 = load_transfer_net(exp), load_task_net(exp, "n2").decoder
+    labels = pseudo_labels(exp, folder, e1, g, d2)
+    weight = None
+    if exp.selftrain.class_weights == "inverse_sqrt":
+        weight = inverse_sqrt_weights(class_pixel_counts(exp, "A"))
+        log.info("stage st: class weights %s", " ".join(f"{w:.2f}" for w in weight.tolist()))
+    module = SelfTrainModule(exp, e1, g, d2, steps, class_weight=weight)
+    b = PseudoLabelled(make_dataset(exp, "B", "train"), labels, flip=exp.data.flip)
+    a = make_dataset(exp, "A", "train", train=True)
+    workers = exp.data.num_workers
+
+    def loader(dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=exp.data.batch_size, shuffle=True,
+                          drop_last=len(dataset) >= 2 * exp.data.batch_size, num_workers=workers,
+                          persistent_workers=workers > 0)
+
+    return module, CombinedLoader({"B": loader(b), "A": loader(a)}, mode="max_size_cycle")
+
+
+def pseudo_labels(exp: Experiment, folder: Path, e1: "torch.nn.Module", g: "torch.nn.Module",
+                  d2: "torch.nn.Module"):
+    """B's training frames labelled by the stage's teacher, class-balanced (selftrain.py); read
+    back from the stage folder when a (resumed) stage computed them already."""
+    from .selftrain import compute_pseudo_labels, read_pseudo_labels, write_pseudo_labels
+
+    dataset = make_dataset(exp, "B", "train")
+    stored = read_pseudo_labels(folder, len(dataset), (exp.data.height, exp.data.width))
+    if stored is not None:
+        log.info("stage st: pseudo-labels of %d frames of B read from %s", len(dataset), folder)
+        return stored
+    n2 = load_task_net(exp, "n2") if exp.selftrain.teacher == "atdt+baseline" else None
+    labels, thresholds = compute_pseudo_labels(exp, dataset, e1, g, d2, n2)
+    if global_rank() == 0:
+        record = write_pseudo_labels(folder, labels, thresholds, str(exp.domains.B.train), exp.selftrain.portion)
+        log.info("stage st: pseudo-labels for %d frames of B, %.0f %% of pixels kept", record["frames"],
+                 100 * record["kept_fraction"])
+    return labels.numpy()
+
+
 def _previous_seconds(folder: Path) -> float:
     try:
         return float(json.loads((folder / "time.json").read_text())["seconds"])
@@ -277,7 +339,8 @@ def _previous_seconds(folder: Path) -> float:
 def load_networks(cfg_or_path: Experiment | str | os.PathLike) -> tuple["TaskNet", "TaskNet", "TransferNet", dict[str, Any]]:
     """(N1, N2, G, info) of a trained experiment, from its YAML file, output folder or config.
 
-    N1 is the network whose encoder E1 feeds G on domain B (the shared N1, or N1^B).
+    N1 is the network whose encoder E1 feeds G on domain B (the shared N1, or N1^B). With stage
+    ``st`` (``steps.st`` > 0), G is the self-trained one and N2's decoder is the self-trained D2.
     ``info``: name, direction, tasks, input size, depth settings, checkpoint files.
     """
     if isinstance(cfg_or_path, Experiment):
@@ -286,7 +349,11 @@ def load_networks(cfg_or_path: Experiment | str | os.PathLike) -> tuple["TaskNet
         path = Path(cfg_or_path)
         exp = load_experiment(path / "experiment.yaml" if path.is_dir() else path)
     n1_name = e1_stage(exp, "B")
-    n1, n2, g = load_task_net(exp, n1_name), load_task_net(exp, "n2"), load_transfer_net(exp)
+    n1, n2 = load_task_net(exp, n1_name), load_task_net(exp, "n2")
+    g_stage = "st" if exp.steps.st > 0 else "g"  # the self-trained G and D2 replace the paper's
+    g = load_transfer_net(exp, g_stage)
+    if g_stage == "st":
+        load_selftrained_decoder(exp, n2.decoder)
     info = {
         "name": exp.name,
         "direction": exp.direction,
@@ -303,6 +370,8 @@ def load_networks(cfg_or_path: Experiment | str | os.PathLike) -> tuple["TaskNet
             "max_depth": exp.depth.max_depth,
         },
         "checkpoints": {"n1": str(weights_path(exp, n1_name)), "n2": str(weights_path(exp, "n2")),
-                        "g": str(weights_path(exp, "g"))},
+                        "g": str(weights_path(exp, "g")),
+                        **({"st": str(weights_path(exp, "st"))} if g_stage == "st" else {})},
+        "selftrained": g_stage == "st",
     }
     return n1, n2, g, info

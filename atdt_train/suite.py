@@ -156,8 +156,9 @@ def stage_key(exp: Experiment, stage: str) -> str:
     """A hash of every setting stage ``stage`` of ``exp`` is trained with; equal keys, equal networks.
 
     Left out: names, output folders, test lists, evaluation and logging settings, for every stage;
-    for the task networks also the domains they are not trained on, G's settings (``transfer``, ``model.transfer_hidden``), the other stages'
-    steps and ``model.feature_level`` (where N is cut does not change N).
+    for the task networks also the domains they are not trained on, G's settings (``transfer``,
+    ``model.transfer_hidden``), the self-training settings, the other stages' steps and
+    ``model.feature_level`` (where N is cut does not change N); for G the self-training settings.
     """
     from .stages import stage_spec
 
@@ -171,11 +172,14 @@ def stage_key(exp: Experiment, stage: str) -> str:
     for spec in config["domains"].values():  # test lists and display names train nothing
         spec.pop("test")
         spec.pop("name")
-    if task is None:  # G: trained on the N1 and N2 of this experiment
-        config["steps"] = {k: all_steps[k] for k in ("n1", "n2", "g")}
+    if task is None:  # G (and st, which refines it): trained on the N1 and N2 of this experiment
+        config["steps"] = {k: all_steps[k] for k in ("n1", "n2", "g") + (("st",) if stage == "st" else ())}
+        if stage == "g":
+            config.pop("selftrain")
     else:
         config["steps"] = steps
         config.pop("transfer")
+        config.pop("selftrain")
         config.pop("shared")  # the stage's name says which N1
         for key in ("feature_level", "transfer_hidden"):
             config["model"].pop(key)

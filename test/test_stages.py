@@ -465,7 +465,7 @@ def test_two_process_ddp_trains_the_weights_of_one_process_on_the_same_data(doma
 def test_adabn_replaces_the_statistics_with_those_of_the_new_domain():
     """adapt_batchnorm: each batch-norm layer ends with the cumulative mean and variance of what
     reaches it on the new domain's images (here brighter, more contrasted ones than at training)."""
-    from atdt_train.evaluate import adapt_batchnorm
+    from atdt_train.adabn import adapt_batchnorm
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),

@@ -1,0 +1,143 @@
+"""Stage st (self-training of G and D2 on B's pseudo-labels): the class-balanced selection with
+known values, the pseudo-label files, the configuration checks, and the stage end to end on the
+tiny domains of test_stages (training, evaluation row, the networks the export loads)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from atdt_train.cli import main
+from atdt_train.config import ConfigError, experiment_from_dict, load_experiment
+from atdt_train.selftrain import (LABELS_FILE, PseudoLabelled, class_thresholds, read_pseudo_labels, select,
+                                  write_pseudo_labels)
+from test_stages import H, W, domains, experiment, write_yaml  # noqa: F401 (domains is a fixture)
+
+
+def test_class_balanced_thresholds_keep_the_same_share_of_every_predicted_class() -> None:
+    pred = torch.tensor([[0, 0, 0, 0, 1, 1]])
+    conf = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4]])
+    t = class_thresholds(pred, conf, portion=0.5, num_classes=3)
+    assert t[0].item() == pytest.approx(0.8) and t[1].item() == pytest.approx(0.5)
+    assert t[2].item() == float("inf")  # predicted nowhere
+    # a single global threshold at 0.5 would keep 5 of 6 pixels, class 1's least confident too
+    assert select(pred, conf, t).tolist() == [[0, 0, 255, 255, 1, 255]]
+    everything = class_thresholds(pred, conf, portion=1.0, num_classes=3)
+    assert select(pred, conf, everything).tolist() == pred.tolist()
+
+
+def test_pseudo_labels_round_trip_and_refuse_what_does_not_match(tmp_path) -> None:
+    labels = torch.tensor([[[0, 255], [7, 10]], [[1, 1], [255, 255]]], dtype=torch.uint8)
+    record = write_pseudo_labels(tmp_path, labels, torch.tensor([0.9] + [float("inf")] * 10), "B.txt", 0.5)
+    assert record["kept_pixels"][:2] == [1, 2] and record["kept_pixels"][7] == 1 and record["kept_fraction"] == 0.625
+    assert record["thresholds"][0] == 0.9 and record["thresholds"][1] is None
+    assert np.array_equal(read_pseudo_labels(tmp_path, 2, (2, 2)), labels.numpy())
+    assert read_pseudo_labels(tmp_path, 3, (2, 2)) is None  # another number of frames
+    assert read_pseudo_labels(tmp_path, 2, (4, 2)) is None  # another size
+    np.save(tmp_path / LABELS_FILE, np.array([{"x": 1}, None], dtype=object), allow_pickle=True)
+    assert read_pseudo_labels(tmp_path, 2, (2, 2)) is None  # an object array is never unpickled
+
+
+def test_pseudo_labelled_frames_flip_image_and_labels_together() -> None:
+    image = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4).expand(3, 2, 3, 4).clone()
+    frame = {"image": image[0], "semantic": torch.zeros(2, 4, dtype=torch.long),
+             "depth": torch.arange(8.0).reshape(2, 4), "depth_valid": torch.ones(2, 4, dtype=torch.bool)}
+    labels = np.array([[[0, 1, 2, 3], [4, 5, 6, 7]]], dtype=np.uint8)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(20):
+        item = PseudoLabelled([frame], labels, flip=True)[0]
+        flipped = item["semantic"][0, 0].item() == 3
+        seen.add(flipped)
+        assert torch.equal(item["image"], frame["image"].flip(-1) if flipped else frame["image"])
+        assert torch.equal(item["depth"], frame["depth"].flip(-1) if flipped else frame["depth"])
+    assert seen == {True, False}
+    with pytest.raises(ValueError, match="2 pseudo-labels for 1 frames"):
+        PseudoLabelled([frame], np.zeros((2, 2, 4), np.uint8), flip=False)
+
+
+def test_selftrain_settings_are_checked(domains, tmp_path) -> None:  # noqa: F811
+    with pytest.raises(ConfigError, match="task 2 of sem2dep is depth"):
+        experiment_from_dict(experiment(domains, tmp_path, "sem2dep"), ["steps.st=5"])
+    with pytest.raises(ConfigError, match="selftrain.teacher: expected one of"):
+        experiment_from_dict(experiment(domains, tmp_path), ["selftrain.teacher=oracle"])
+    with pytest.raises(ConfigError, match="selftrain.portion.*got 1.5"):
+        experiment_from_dict(experiment(domains, tmp_path, selftrain={"portion": 1.5}))
+    with pytest.raises(ConfigError, match="selftrain.source_weight"):
+        experiment_from_dict(experiment(domains, tmp_path, selftrain={"source_weight": -1}))
+
+
+def test_stage_keys_follow_the_selftrain_settings(domains, tmp_path) -> None:  # noqa: F811
+    from atdt_train.suite import stage_key
+
+    base = experiment(domains, tmp_path)
+    base["steps"]["st"] = 4
+    a = experiment_from_dict(base)
+    b = experiment_from_dict(base, ["selftrain.portion=0.8"])
+    assert stage_key(a, "st") != stage_key(b, "st")
+    for stage in ("n1", "n2", "g", "oracle"):  # they do not depend on it: shared between the rows
+        assert stage_key(a, stage) == stage_key(b, stage)
+
+
+@pytest.fixture(scope="module")
+def selftrain_run(domains, tmp_path_factory):  # noqa: F811
+    root = tmp_path_factory.mktemp("selftrain")
+    data = experiment(domains, root / "out", selftrain={"portion": 0.5})
+    data["steps"]["st"] = 3
+    path = write_yaml(root / "exp.yaml", data)
+    assert main(["run", path]) == 0
+    return load_experiment(path)
+
+
+def test_stage_st_trains_g_and_d2_on_pseudo_labels_and_is_what_the_export_loads(selftrain_run) -> None:
+    from atdt_train.checkpoints import load_task_net, load_transfer_net
+    from atdt_train.stages import load_networks
+
+    exp = selftrain_run
+    folder = exp.output_dir / "stages" / "st"
+    assert json.loads((folder / "done.json").read_text())["steps"] == 3
+    record = json.loads((folder / "pseudo_labels.json").read_text())
+    assert record["frames"] == 6 and record["size"] == [H, W]
+    # every class keeps about half of its pixels (rounding per class): about half in all
+    assert 0.45 <= record["kept_fraction"] <= 0.55
+    labels = np.load(folder / LABELS_FILE, allow_pickle=False)
+    assert labels.shape == (6, H, W) and set(np.unique(labels)) <= set(range(11)) | {255}
+
+    results = json.loads((exp.output_dir / "results.json").read_text())
+    for domain in ("A", "B"):
+        assert {"atdt", "atdt_st"} <= results["domains"][domain]["task2"].keys()
+    assert "AT/DT+ST" in (exp.output_dir / "report.md").read_text()
+
+    n1, n2, g, info = load_networks(exp)
+    assert info["selftrained"] and info["checkpoints"]["st"].endswith("st/weights.pt")
+    paper_g, paper_n2 = load_transfer_net(exp), load_task_net(exp, "n2")
+    moved = lambda a, b: any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))  # noqa: E731
+    assert moved(g, paper_g) and moved(n2.decoder, paper_n2.decoder)  # G and D2 were refined
+    assert not moved(n2.encoder, paper_n2.encoder)
+    assert not moved(n1.encoder, load_task_net(exp, "n1").encoder)  # E1 stayed frozen
+    x = torch.randn(1, 3, H, W)
+    with torch.no_grad():
+        assert n2.decoder(g(n1.encoder(x)), (H, W)).shape == (1, 11, H, W)
+
+
+def test_a_rerun_stage_st_reads_its_pseudo_labels_back(selftrain_run, caplog) -> None:
+    exp = selftrain_run
+    labels = exp.output_dir / "stages" / "st" / LABELS_FILE
+    before = labels.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO):
+        assert main(["stage", "st", exp.source.split()[0], "--force"]) == 0
+    assert "pseudo-labels of 6 frames of B read from" in caplog.text
+    assert labels.stat().st_mtime_ns == before
+
+
+def test_stage_st_needs_g_first(domains, tmp_path, caplog) -> None:  # noqa: F811
+    data = experiment(domains, tmp_path / "out")
+    data["steps"]["st"] = 2
+    path = write_yaml(tmp_path / "exp.yaml", data)
+    with caplog.at_level(logging.ERROR):
+        assert main(["stage", "st", path]) == 2
+    assert "stage st needs stage n1 first" in caplog.text
