@@ -38,7 +38,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from atdt_ros.artifact import ArtifactError, load_metadata
 from atdt_ros.backends import BackendUnavailable, open_backend, tensorrt_status
-from atdt_ros.frames import Counters, Mailbox
+from atdt_ros.frames import Counters, InferenceThread, Mailbox
 from atdt_ros.imgproc import (
     COMPRESSED_FORMATS,
     InputError,
@@ -108,9 +108,9 @@ class PerceptionNode(LifecycleNode):
     """Depth (32FC1 metres) and semantics (mono8 + rgb8) from one camera, via the Eq. 4 chain.
 
     A ROS 2 lifecycle node: ``configure`` loads and verifies the model and opens (builds,
-    compiles) the backend; ``activate`` creates the publishers, the camera subscriptions, the
-    timers and the inference thread; ``deactivate`` and ``cleanup`` release them again, in
-    that order; ``shutdown`` releases whatever is held. With ``autostart`` (the default) the node
+    compiles) the backend on the inference thread, the one thread that ever calls it;
+    ``activate`` creates the publishers, the camera subscriptions, the timers and starts that
+    thread's frame loop; ``deactivate`` and ``cleanup`` release them again, in that order; ``shutdown`` releases whatever is held. With ``autostart`` (the default) the node
     walks itself to active, so a plain start behaves like a plain node.
     """
 
@@ -120,6 +120,7 @@ class PerceptionNode(LifecycleNode):
         self.p = self._read_parameters()
         self.build_only = self.p.build_only
         self.metadata = self.backend = None
+        self._inference: InferenceThread | None = None  # every backend call runs on it
         self.startup_error: StartupError | None = None
         self._running = False
         self._active: list[Any] = []  # publishers, subscriptions and timers made by activate
@@ -134,12 +135,15 @@ class PerceptionNode(LifecycleNode):
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         try:
             self.metadata = self._load_model()
-            self.backend = self._open_backend()
+            # opened (compiled) on the thread that will infer: one OpenMP pool (frames.py)
+            self._inference = InferenceThread()
+            self.backend = self._inference.call(self._open_backend)
         except StartupError as exc:
             self.startup_error = exc
             if not self.p.autostart:  # with autostart, main reports it once and exits 2
                 self.get_logger().error(f"configure failed: {one_line(exc)}")
             self.metadata = self.backend = None
+            self._end_inference()
             return TransitionCallbackReturn.FAILURE
         self.startup_error = None
         inp = self.metadata.input
@@ -190,8 +194,7 @@ class PerceptionNode(LifecycleNode):
                         self.create_timer(self.p.diagnostics_period,
                                           self._publish_diagnostics)]
         self._running = True
-        self._worker = threading.Thread(target=self._work, name="atdt_inference", daemon=True)
-        self._worker.start()
+        self._inference.start(self._work)
         self._update_subscription()
         self.get_logger().info(
             f"ready: model {self.p.model_path} ({self.metadata.direction}, input "
@@ -208,12 +211,14 @@ class PerceptionNode(LifecycleNode):
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
         self.metadata = self.backend = None
+        self._end_inference()
         self.get_logger().info("cleaned up: model released")
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
         self._release_active()
         self.metadata = self.backend = None
+        self._end_inference()
         if not self.finished.done():
             self.finished.set_result(True)
         return TransitionCallbackReturn.SUCCESS
@@ -223,7 +228,7 @@ class PerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _release_active(self) -> None:
-        """Stop the inference thread and destroy what activate made."""
+        """Stop the frame loop and destroy what activate made."""
         self.shutdown()
         if self.sub_image is not None:
             self.destroy_subscription(self.sub_image)
@@ -590,11 +595,18 @@ class PerceptionNode(LifecycleNode):
         self.pub_diag.publish(msg)
 
     def shutdown(self) -> None:
-        """Stop the inference thread."""
+        """Stop the inference loop (its thread stays, holding the backend, until cleanup)."""
         if self._running:
             self._running = False
             self.mailbox.close()
-            self._worker.join(timeout=5.0)
+            if not self._inference.join(timeout=5.0):
+                self.get_logger().warning("the inference thread is still busy 5 s after stop")
+
+    def _end_inference(self) -> None:
+        """End the inference thread once its loop has stopped."""
+        if self._inference is not None and not self._running:
+            self._inference.close()
+            self._inference = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -640,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if node is not None:
             node.shutdown()
+            node._end_inference()
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

@@ -4,7 +4,9 @@ Starts ``atdt_perception`` as a subprocess (shared-memory DDS, a random domain),
 ``~/depth`` and ``~/semantic`` (so the node computes exactly those), and publishes one frame at a
 time, waiting for both outputs. In the same run, interleaved with the node's frames, it times the
 bare chain (the same backend's ``infer`` on the same preprocessed frame) in this process while the
-node idles. Overhead = node latency / bare inference - 1 (target <= 10% at 192x384, ResNet-18).
+node idles, on the thread that opened it, as the node does. Both sides are paced alike: each call
+follows ``--pause`` seconds (0.05) in which neither process computes. Overhead = node latency /
+bare inference - 1 (target <= 10% at 192x384, ResNet-18).
 
     nice -n 10 .venv/bin/python benchmarks/node_overhead.py [--size 192x384] [--backend onnxruntime]
 
@@ -48,6 +50,9 @@ def main() -> int:
     ap.add_argument("--backend", nargs="*", default=["onnxruntime", "torch"],
                     help="settings name[/precision][/compile], e.g. onnxruntime torch/bf16/compile")
     ap.add_argument("--threads", type=int, default=0, help="inference threads, node and bare (0: default)")
+    ap.add_argument("--pause", type=float, default=PAUSE,
+                    help=f"seconds of idle before each timed call, node and bare alike "
+                         f"(default {PAUSE})")
     ap.add_argument("--model", default=None, help="exported chain directory (default: a seeded one)")
     ap.add_argument("--node-omp-wait-policy", default=None, choices=("PASSIVE", "ACTIVE"),
                     help="OMP_WAIT_POLICY of the node process (default: this shell's, unset: "
@@ -61,6 +66,7 @@ def main() -> int:
     policy = args.node_omp_wait_policy or CALLER_OMP_WAIT_POLICY
     print(f"OMP_WAIT_POLICY: node {policy or 'unset (libgomp default)'}, bare chain "
           f"{CALLER_OMP_WAIT_POLICY or 'unset (libgomp default)'}")
+    print(f"pacing: {args.pause} s idle before each timed call, node frame and bare call alike")
     model = Path(args.model) if args.model else common.exported_chain((h, w))
     rng = np.random.default_rng(0)
     rgb = np.kron(rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8),
@@ -68,7 +74,8 @@ def main() -> int:
     results = {}
     for backend in args.backend:
         results[backend] = run_backend(model, backend, rgb, args.frames, args.threads,
-                                       args.node_omp_wait_policy or CALLER_OMP_WAIT_POLICY)
+                                       args.node_omp_wait_policy or CALLER_OMP_WAIT_POLICY,
+                                       args.pause)
     print()
     for backend, (node, bare, inside) in results.items():
         print(f"{backend:20s} node publish->both outputs {common.summary(node)}")
@@ -88,6 +95,12 @@ def main() -> int:
     print(breakdown_table(results))
     return 0
 
+
+PAUSE = 0.05
+"""Seconds of idle before each timed call, a node frame and a bare call alike. Without it
+before the node's frame, this process's OpenMP worker, which libgomp lets spin for several
+milliseconds after the bare call, held one of two cores while the node inferred (the node's
+frames timed 1.2-1.5x slower than with it, docs/performance.md)."""
 
 TARGETS: dict[str, float] = {"onnxruntime": 1.10, "torch/bf16/compile": 1.15}
 """Ratio targets of publish -> both outputs over the bare chain (issue 14)."""
@@ -152,8 +165,9 @@ def parse_setting(setting: str) -> tuple[str, str, bool]:
 
 
 def run_backend(model: Path, setting: str, rgb, frames: int, threads: int,
-                omp_wait_policy: str | None = None):
-    """(node latencies, bare inference times) in seconds, interleaved frame by frame."""
+                omp_wait_policy: str | None = None, pause: float = PAUSE):
+    """(node latencies, bare inference times) in seconds, interleaved frame by frame, each
+    call ``pause`` seconds after the other side's."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -231,10 +245,11 @@ def run_backend(model: Path, setting: str, rgb, frames: int, threads: int,
             if not ok:
                 raise RuntimeError(f"no outputs for frame {i + 1} within 30 s")
             latency = max(got["depth"][i + 1], got["semantic"][i + 1]) - t
-            time.sleep(0.05)  # let the node finish publishing before timing the bare chain
+            time.sleep(pause)  # the node done publishing, its idle OpenMP threads asleep
             tb = time.perf_counter()
             bare.infer(batch)
             bare_t = time.perf_counter() - tb
+            time.sleep(pause)  # and this process's, before the node's next frame
             if i >= 3:
                 node_times.append(latency)
                 bare_times.append(bare_t)
