@@ -41,7 +41,7 @@ from .config import ConfigError, Experiment, build_dataclass, load_experiment, r
 
 log = logging.getLogger(__name__)
 
-SECTION_KINDS: tuple[str, ...] = ("methods", "levels", "compare", "da")
+SECTION_KINDS: tuple[str, ...] = ("methods", "levels", "compare", "da", "seeds")
 TRENDS: tuple[str, ...] = ("increases", "decreases", "flat")
 DA_METHODS: tuple[str, ...] = ("baseline", "atdt", "da", "atdt_da")
 """Tab. 3/4's rows (a)-(d)."""
@@ -72,9 +72,12 @@ class Section:
     ``da``: ``rows: {label: row}``, the same experiment without and with pixel-level DA of B's
     images (``atdt_train translate``): (a) Baseline, (b) AT/DT, (c) DA, (d) AT/DT + DA on B, laid
     out like Tab. 3 / Tab. 4, beside ``paper: {baseline, atdt, da, atdt_da}`` (mIoU in %, or Abs Rel).
+    ``seeds``: ``rows: {label: row}``, the same experiment with other seeds: every method's score
+    on B (mIoU and thin-class IoU, or Abs Rel and δ1) as mean ± sample standard deviation over the
+    rows, each row's value beside it, and the share of the Baseline→Oracle gap each AT/DT row closes.
     """
 
-    kind: Literal["methods", "levels", "compare", "da"]
+    kind: Literal["methods", "levels", "compare", "da", "seeds"]
     title: str
     row: str | None = None
     rows: dict | None = None
@@ -411,6 +414,51 @@ def _da_section(section: Section, experiments: dict[str, Experiment]) -> list[st
     return lines
 
 
+def _seeds_section(section: Section, experiments: dict[str, Experiment]) -> list[str]:
+    """Every method on B over rows that differ by seed: mean ± standard deviation, and each row's value."""
+    import numpy as np
+
+    from .evaluate import METHODS
+    from .report import METHOD_LABELS, gap_closed, thin_iou
+
+    names = list(section.rows.values())
+    res = {name: _results(experiments[name]) for name in names}
+    done = [n for n in names if res[n] is not None]
+    if not done:
+        return [f"Rows {', '.join(names)} have no results yet."]
+    semantic = res[done[0]]["task2"] == "semantic"
+    metrics = ((("mIoU", lambda r: 100 * r["miou"]), ("thin", lambda r: 100 * thin_iou(r))) if semantic else
+               (("Abs Rel", lambda r: r["abs_rel"]), ("δ1 %", lambda r: 100 * r["delta1"])))
+    digits = 1 if semantic else 3
+    seeds = [str(experiments[n].seed) for n in done]
+    head = ["Method"] + [f"{m} mean ± sd" for m, _ in metrics] + [f"{metrics[0][0]}, seed {s}" for s in seeds]
+    lines = [f"Rows {', '.join(f'`{n}`' for n in done)} (seeds {', '.join(seeds)})"
+             + (f"; no results yet: {', '.join(n for n in names if n not in done)}" if len(done) < len(names) else "")
+             + ".", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def spread(values: list[float], d: int) -> str:
+        values = [v for v in values if not math.isnan(v)]
+        if not values:
+            return MISSING
+        sd = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+        return f"{number(float(np.mean(values)), d)} ± {number(sd, d)}"
+
+    for method in METHODS:
+        rows = [res[n]["domains"]["B"]["task2"].get(method) for n in done]
+        if any(r is None for r in rows):
+            continue
+        cells = [METHOD_LABELS[method]] + [spread([f(r) for r in rows], digits) for _, f in metrics]
+        cells += [number(metrics[0][1](r), digits) for r in rows]
+        lines.append("| " + " | ".join(cells) + " |")
+    key = "miou" if semantic else "abs_rel"
+    for method in ("atdt", "atdt_st"):
+        gaps = [100 * gap_closed(res[n]["domains"]["B"]["task2"], key, method) for n in done]
+        if any(not math.isnan(g) for g in gaps):
+            lines += ["", f"{METHOD_LABELS[method]} closes {spread(gaps, 0)} % of the Baseline→Oracle gap "
+                          f"({', '.join(number(g, 0) for g in gaps)})."]
+    return lines
+
+
 def save_levels_figure(section: Section, experiments: dict[str, Experiment], path: Path) -> Path | None:
     """Fig. 4's two plots (Acc, mIoU against the feature level; A and B), or None without results."""
     levels = sorted(section.rows)
@@ -453,6 +501,8 @@ def render_suite_report(suite: Suite, sections: list[Section], experiments: dict
             lines += _levels_section(section, experiments, figure)
         elif section.kind == "da":
             lines += _da_section(section, experiments)
+        elif section.kind == "seeds":
+            lines += _seeds_section(section, experiments)
         else:
             lines += _compare_section(section, experiments)
         if section.note:

@@ -186,6 +186,29 @@ def test_da_section_lays_out_tab3_with_known_values(tmp_path, task2):
         assert "| AT/DT vs Baseline | +0.100 | +1.780 | yes |" in report
 
 
+def test_seeds_section_gives_mean_and_spread_with_known_values(tmp_path):
+    from atdt_train.suite import Section, Suite, render_suite_report
+
+    exps = {}
+    for seed, atdt in ((0, 0.40), (1, 0.44), (2, 0.48)):
+        name = f"seed{seed}"
+        exp = experiment_from_dict(experiment({d: {"train": "t.txt", "test": "t.txt"} for d in "AB"}, tmp_path / name),
+                                   [f"seed={seed}"])
+        exp.output_dir.mkdir(parents=True)
+        values = {"baseline": 0.20, "atdt": atdt, "atdt_st": atdt + 0.05, "oracle": 0.60}
+        (exp.output_dir / "results.json").write_text(json.dumps(_results_json("semantic", values)))
+        exps[name] = exp
+    section = Section(kind="seeds", title="3 seeds", rows={"0": "seed0", "1": "seed1", "2": "seed2"})
+    report = render_suite_report(Suite(name="s", rows={}), [section], exps, {}, Path("s.yaml"))
+    # mean 44.0, sample sd 4.0; thin = the mean of three classes holding the same value here
+    assert "| AT/DT | 44.0 ± 4.0 | 44.0 ± 4.0 | 40.0 | 44.0 | 48.0 |" in report
+    assert "| AT/DT+ST | 49.0 ± 4.0 |" in report
+    assert "| Baseline | 20.0 ± 0.0 |" in report and "Baseline+AdaBN" not in report
+    # gap closed: (40-20)/(60-20) = 50 %, 60 %, 70 %
+    assert "AT/DT closes 60 ± 10 % of the Baseline→Oracle gap (50, 60, 70)." in report
+    assert "Rows `seed0`, `seed1`, `seed2` (seeds 0, 1, 2)." in report
+
+
 def test_a_stage_held_by_another_process_is_waited_for_then_skipped(domains, tmp_path, caplog):
     import fcntl
     import shutil
