@@ -86,6 +86,13 @@ from atdt_ros.transport import (
     parse_builtin_transports,
 )
 
+GOMP_SPINCOUNT = "50000"
+"""How long torch's idle OpenMP threads spin before they sleep (libgomp's unit; about 1 ms
+here), set by :func:`main` unless ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is: long enough to
+bridge the gaps between a compiled chain's kernels (waking a sleeping thread for each, as with
+``OMP_WAIT_POLICY=PASSIVE`` or a spin count of 10000, made the chain about 1.8x slower), short enough not to hold a core through the frame's publishing and
+delivery as libgomp's default (300000, about 8 ms after every frame) does (docs/performance.md)."""
+
 RCLPY_PARAMETERS = frozenset({USE_SIM_TIME_NAME, START_TYPE_DESCRIPTION_SERVICE_PARAM})
 """Parameters rclpy declares on every node itself: accepted in a params file, not the node's."""
 
@@ -611,6 +618,8 @@ class PerceptionNode(LifecycleNode):
 
 def main(argv: list[str] | None = None) -> int:
     """Console script ``atdt_perception``: run the node until shut down; non-zero on start-up errors."""
+    if "OMP_WAIT_POLICY" not in os.environ:  # read when torch loads, at configure
+        os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
     try:
         rclpy.init(args=argv if argv is not None else sys.argv)
     except Exception as exc:  # rcl refuses the arguments: a broken params file, a bad remap

@@ -65,7 +65,9 @@ def main() -> int:
     print(common.machine())
     policy = args.node_omp_wait_policy or CALLER_OMP_WAIT_POLICY
     print(f"OMP_WAIT_POLICY: node {policy or 'unset (libgomp default)'}, bare chain "
-          f"{CALLER_OMP_WAIT_POLICY or 'unset (libgomp default)'}")
+          f"{CALLER_OMP_WAIT_POLICY or 'unset (libgomp default)'}; GOMP_SPINCOUNT: node "
+          f"{os.environ.get('GOMP_SPINCOUNT') or ('unset (its main: 50000)' if not policy else 'unset')}"
+          f", bare chain {os.environ.get('GOMP_SPINCOUNT') or 'unset'}")
     print(f"pacing: {args.pause} s idle before each timed call, node frame and bare call alike")
     model = Path(args.model) if args.model else common.exported_chain((h, w))
     rng = np.random.default_rng(0)
