@@ -124,6 +124,48 @@ def compile_frozen(module: Any, first_call: Any) -> Any:
     return compiled
 
 
+def channel_argmax(logits: Any) -> Any:
+    """``logits.argmax(dim=1)`` of (N, C, H, W) logits as C-1 elementwise comparisons, first
+    maximum winning as in argmax. Under torch.compile this is one vectorised loop into which the
+    bilinear up-sampling before it fuses (about 1 ms less for 11 classes at 192x384, where
+    inductor's argmax reduction runs scalar); in eager mode and ONNX Runtime argmax is faster."""
+    import torch
+
+    best = logits[:, 0]
+    index = torch.zeros_like(best, dtype=torch.int64)
+    for c in range(1, logits.shape[1]):
+        value = logits[:, c]
+        higher = value > best
+        best = torch.where(higher, value, best)
+        index = torch.where(higher, c, index)
+    return index
+
+
+def fuse_label_argmax(module: Any) -> int:
+    """Replace every argmax over dim 1 in an exported program's graph module (the chain's
+    labels) by :func:`channel_argmax`, for torch.compile; returns how many were replaced."""
+    import torch
+
+    graph, replaced = module.graph, 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not torch.ops.aten.argmax.default:
+            continue
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        if dim != 1 or keepdim:
+            continue
+        with graph.inserting_after(node):
+            fused = graph.call_function(channel_argmax, (node.args[0],))
+        fused.meta.update(node.meta)
+        node.replace_all_uses_with(fused)
+        graph.erase_node(node)
+        replaced += 1
+    if replaced:
+        graph.lint()
+        module.recompile()
+    return replaced
+
+
 class TorchBackend:
     """The torch.export program (.pt2) run by PyTorch on CPU or CUDA.
 
@@ -169,6 +211,7 @@ class TorchBackend:
         self._torch = torch
         self.compile_seconds = 0.0
         if self.compiled:
+            fuse_label_argmax(self._module)
             blank = np.zeros((1, 3, metadata.input.height, metadata.input.width), np.float32)
             eager, started = self._module, time.perf_counter()
 
