@@ -114,8 +114,8 @@ def export_demo_chain(exp: Any, chain: Path, formats: tuple[str, ...] = ("pt2", 
     from atdt_train.checkpoints import weights_path
     from atdt_train.stages import e1_stage
 
-    sources = {name: sha256_file(weights_path(exp, stage))
-               for name, stage in (("n1", e1_stage(exp, "B")), ("n2", "n2"), ("g", "g"))}
+    stages = (("n1", e1_stage(exp, "B")), ("n2", "n2"), ("g", "g")) + ((("st", "st"),) if exp.steps.st > 0 else ())
+    sources = {name: sha256_file(weights_path(exp, stage)) for name, stage in stages}  # as the export records
     try:
         meta = load_metadata(chain)
         if meta.sources == sources and all(f in meta.formats for f in formats):

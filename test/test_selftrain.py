@@ -141,3 +141,32 @@ def test_stage_st_needs_g_first(domains, tmp_path, caplog) -> None:  # noqa: F81
     with caplog.at_level(logging.ERROR):
         assert main(["stage", "st", path]) == 2
     assert "stage st needs stage n1 first" in caplog.text
+
+
+def test_reports_name_the_self_trained_row_and_what_the_node_runs() -> None:
+    from atdt_train.demo import summary_table
+    from atdt_train.report import render_report
+
+    def row(miou: float) -> dict:
+        return {"iou": [miou] * 11, "miou": miou, "accuracy": 0.9}
+
+    cfg = {"shared": True, "domains": {"A": {"train": "a.txt"}, "B": {"train": "b.txt"}},
+           "model": {"depth": 18, "feature_level": 4, "norm": "batch"}, "data": {"height": 32, "width": 64, "batch_size": 2},
+           "steps": {"n1": 1, "n2": 1, "g": 1, "oracle": 1, "st": 7}, "optimizer": {"lr": 0.001},
+           "trainer": {"precision": "32"}, "depth": {"min_depth": 0.5, "max_depth": 80.0, "focal_normalised": False},
+           "selftrain": {"portion": 0.5, "adabn": True, "source_weight": 1.0, "teacher": "atdt"}}
+    rows = {"baseline": row(0.2), "atdt": row(0.3), "atdt_st": row(0.4), "oracle": row(0.6)}
+    results = {"experiment": "x", "direction": "dep2sem", "task1": "depth", "task2": "semantic", "config": cfg,
+               "domains": {"B": {"frames": 3, "task2": rows, "task1": {
+                   m: 0.1 for m in ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")}}}}
+    report = render_report(results)
+    assert "G and D2 refined for 7 steps on B's class-balanced pseudo-labels" in report
+    assert "| AT/DT+ST | 40.0 |" in report
+    # (30-20)/(60-20) = 25 %; (40-20)/(60-20) = 50 %
+    assert "AT/DT closes 25% of the" in report and "AT/DT+ST closes 50% of the" in report
+    replay = {"semantic": row(0.4), "latency": {"p50_ms": 1.0, "p95_ms": 1.0, "max_ms": 1.0},
+              "throughput_hz": 1.0, "frames": {"answered": 3, "published": 3, "dropped": 0},
+              "node_diagnostics": {"backend": "onnxruntime"}}
+    table = summary_table(results, "semantic", {"accuracy": replay})
+    assert "AT/DT + self-training" in table and "node, bag replay (AT/DT + self-training)" in table
+    assert "AT/DT + self-training closes 50% of the Baseline->Oracle mIoU gap on B" in table
