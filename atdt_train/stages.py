@@ -95,10 +95,16 @@ def make_dataset(exp: Experiment, domain: str, split: str, train: bool = False):
 
 def train_loader(exp: Experiment, domains: tuple[str, ...]):
     """Shuffled loader over the training splits of ``domains`` (A∪B for the shared N1)."""
-    from torch.utils.data import ConcatDataset, DataLoader
+    from torch.utils.data import ConcatDataset
 
     parts = [make_dataset(exp, d, "train", train=True) for d in domains]
-    dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+    return shuffled_loader(exp, parts[0] if len(parts) == 1 else ConcatDataset(parts))
+
+
+def shuffled_loader(exp: Experiment, dataset):
+    """A training loader over ``dataset`` at the experiment's batch size and workers."""
+    from torch.utils.data import DataLoader
+
     workers = exp.data.num_workers
     return DataLoader(dataset, batch_size=exp.data.batch_size, shuffle=True,
                       drop_last=len(dataset) >= 2 * exp.data.batch_size, num_workers=workers,
@@ -281,7 +287,6 @@ def _selftrain_setup(exp: Experiment, folder: Path, steps: int):
     """Stage st's module and loader: E1, G and D2 from the earlier stages, B's pseudo-labels
     (computed once, kept in the stage folder: selftrain.py) and A's labelled frames."""
     from lightning.pytorch.utilities import CombinedLoader
-    from torch.utils.data import DataLoader
 
     from .lit import SelfTrainModule, inverse_sqrt_weights
     from .selftrain import PseudoLabelled
@@ -299,14 +304,7 @@ def _selftrain_setup(exp: Experiment, folder: Path, steps: int):
     module = SelfTrainModule(exp, e1, g, d2, steps, class_weight=weight)
     b = PseudoLabelled(make_dataset(exp, "B", "train"), labels, flip=exp.data.flip)
     a = make_dataset(exp, "A", "train", train=True)
-    workers = exp.data.num_workers
-
-    def loader(dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=exp.data.batch_size, shuffle=True,
-                          drop_last=len(dataset) >= 2 * exp.data.batch_size, num_workers=workers,
-                          persistent_workers=workers > 0)
-
-    return module, CombinedLoader({"B": loader(b), "A": loader(a)}, mode="max_size_cycle")
+    return module, CombinedLoader({"B": shuffled_loader(exp, b), "A": shuffled_loader(exp, a)}, mode="max_size_cycle")
 
 
 def pseudo_labels(exp: Experiment, folder: Path, e1: "torch.nn.Module", g: "torch.nn.Module",
