@@ -170,3 +170,23 @@ def test_reports_name_the_self_trained_row_and_what_the_node_runs() -> None:
     table = summary_table(results, "semantic", {"accuracy": replay})
     assert "AT/DT + self-training" in table and "node, bag replay (AT/DT + self-training)" in table
     assert "AT/DT + self-training closes 50% of the Baseline->Oracle mIoU gap on B" in table
+
+
+def test_the_exported_chain_is_the_self_trained_one(selftrain_run, tmp_path) -> None:
+    from atdt_ros.artifact import load_metadata, sha256_file
+    from atdt_ros.backends import open_backend
+    from atdt_train.checkpoints import weights_path
+    from atdt_train.stages import load_networks
+
+    exp = selftrain_run
+    out = tmp_path / "chain"
+    assert main(["export", str(exp.output_dir), "--out", str(out), "--formats", "onnx", "--parity-frames", "2"]) == 0
+    md = load_metadata(out)
+    assert md.sources == {k: sha256_file(weights_path(exp, k)) for k in ("n1", "n2", "g", "st")}
+    n1, n2, g, _ = load_networks(exp)
+    x = torch.randn(1, 3, H, W)
+    with torch.no_grad():
+        expected = n2.decoder(g(n1.encoder(x)), (H, W)).argmax(1).numpy()
+    backend = open_backend(out, "onnxruntime")
+    labels = backend.infer(x.numpy())["semantic"]
+    assert (labels == expected).mean() > 0.99
