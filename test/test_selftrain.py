@@ -190,3 +190,25 @@ def test_the_exported_chain_is_the_self_trained_one(selftrain_run, tmp_path) -> 
     backend = open_backend(out, "onnxruntime")
     labels = backend.infer(x.numpy())["semantic"]
     assert (labels == expected).mean() > 0.99
+
+
+def test_stage_st_trains_under_two_process_ddp(domains, tmp_path) -> None:  # noqa: F811
+    """Both processes label B alike (the same seeded AdaBN batches), rank 0 writes the labels,
+    and the combined A+B loader is split between the processes by Lightning's sampler."""
+    import os
+    import subprocess
+    import sys
+
+    data = experiment(domains, tmp_path / "out", trainer={"strategy": "ddp", "devices": 2, "checkpoint_every": 2})
+    data["steps"]["st"] = 2
+    path = write_yaml(tmp_path / "ddp.yaml", data)
+    for stage in ("n1", "n2", "g"):  # one process for the stages before
+        assert main(["stage", stage, path, "--set", "trainer.strategy=auto", "--set", "trainer.devices=1"]) == 0
+    env = {**os.environ, "MASTER_PORT": str(20000 + (os.getpid() + 7) % 20000)}
+    proc = subprocess.run([sys.executable, "-m", "atdt_train.cli", "stage", "st", path], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MEMBER: 2/2" in proc.stderr + proc.stdout
+    folder = tmp_path / "out" / "stages" / "st"
+    assert json.loads((folder / "done.json").read_text())["steps"] == 2
+    assert read_pseudo_labels(folder, 6, (H, W)) is not None
