@@ -190,6 +190,13 @@ class _StageModule(L.LightningModule):
                 f"non-finite loss ({loss.item()}) at step {self.global_step}; stopping, the last good "
                 f"checkpoint is kept")
 
+    def _finish(self, loss: torch.Tensor) -> torch.Tensor:
+        """A training step's end: the non-finite guard, ``last_loss`` and the logged loss."""
+        self._check_finite(loss)
+        self.last_loss = float(loss.detach())
+        self.log("loss", loss, prog_bar=True)
+        return loss
+
     def _trainable(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
@@ -226,10 +233,7 @@ class TaskModule(_StageModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = task_loss(self.task, self.net(self._input(batch)), batch, self.focal_ref,
                          gradient_weight=self.gradient_weight, min_depth=self.min_depth)
-        self._check_finite(loss)
-        self.last_loss = float(loss.detach())
-        self.log("loss", loss, prog_bar=True)
-        return loss
+        return self._finish(loss)
 
 
 class TransferModule(_StageModule):
@@ -285,10 +289,7 @@ class TransferModule(_StageModule):
             loss = feature_loss + self.task_weight * through_d2
             self.log("eq3", feature_loss)
             self.log("task", through_d2)
-        self._check_finite(loss)
-        self.last_loss = float(loss.detach())
-        self.log("loss", loss, prog_bar=True)
-        return loss
+        return self._finish(loss)
 
 
 class SelfTrainModule(_StageModule):
@@ -329,9 +330,6 @@ class SelfTrainModule(_StageModule):
         target = semantic_loss(logits[:n], b["semantic"], self.class_weight)
         source = semantic_loss(logits[n:], a["semantic"], self.class_weight)
         loss = target + self.source_weight * source
-        self._check_finite(loss)
-        self.last_loss = float(loss.detach())
         self.log("pseudo", target)
         self.log("source", source)
-        self.log("loss", loss, prog_bar=True)
-        return loss
+        return self._finish(loss)

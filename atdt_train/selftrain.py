@@ -58,17 +58,13 @@ def select(pred: torch.Tensor, confidence: torch.Tensor, thresholds: torch.Tenso
 
 
 @torch.no_grad()
-def predict_frames(teachers: list[Callable[[torch.Tensor], torch.Tensor]], dataset: Dataset, batch_size: int,
-                   device: torch.device, channels_last: bool, autocast: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class ids, softmax confidence) on every frame of ``dataset``, in order, of the mean of the
-    ``teachers``' softmax outputs (each a function from images to logits)."""
-    from torch.utils.data import DataLoader
-
+def predict_frames(teachers: list[Callable[[torch.Tensor], torch.Tensor]], loader: Any,
+                   prepare: Callable[[torch.Tensor], torch.Tensor], autocast: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class ids, softmax confidence) on every frame ``loader`` yields, in order, of the mean of the
+    ``teachers``' softmax outputs (each a function from prepared images to logits)."""
     preds, confs = [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
-        x = batch["image"].to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    for batch in loader:
+        x = prepare(batch["image"])
         with autocast:
             outputs = [t(x) for t in teachers]
         prob = torch.stack([o.float().softmax(1) for o in outputs]).mean(0)
@@ -120,7 +116,7 @@ def compute_pseudo_labels(exp: "Experiment", dataset: Dataset, e1: nn.Module, g:
                                        batches, prepare)
             log.info("stage st: %s batch-norm statistics from %d batches of B before labelling",
                      "G and D2" if forward is chain else "N2", used)
-    pred, conf = predict_frames(teachers, dataset, exp.evaluation.batch_size, device, cl, autocast)
+    pred, conf = predict_frames(teachers, eval_loader(dataset, exp.evaluation.batch_size), prepare, autocast)
     thresholds = class_thresholds(pred, conf, exp.selftrain.portion)
     return select(pred, conf, thresholds), thresholds
 
