@@ -131,7 +131,14 @@ class SelfTrain:
     of N2, both adapted likewise: N2 is then a second teacher at training time only; the deployed
     chain stays one E1 pass). Each step
     trains on one batch of B (pseudo-labels) and one of A (its true labels, weight
-    ``source_weight``) through D2(G(E1(x))); ``lr`` defaults to ``optimizer.lr``.
+    ``source_weight``) through D2(G(E1(x))); ``lr`` defaults to ``optimizer.lr``. ``mix:
+    classmix`` replaces the B batch by cross-domain ClassMix (DACS, Tranheden et al., WACV 2021):
+    half the classes of each A frame pasted, with their true labels, onto a B frame and its
+    pseudo-labels (selftrain.class_mix), so that classes the teacher hardly predicts on B (thin
+    ones) still appear in B's context. ``final_adabn``: once training ends, re-estimate G's and
+    D2's batch-norm statistics on B's training images (AdaBN) before the weights are stored, so
+    the stored and exported chain carries B's statistics rather than those of the A∪B training
+    batches (whose B half is mostly A's pixels with ``mix: classmix``).
     """
 
     portion: float = 0.5
@@ -140,6 +147,8 @@ class SelfTrain:
     source_weight: float = 1.0
     class_weights: Literal["none", "inverse_sqrt"] = "none"
     lr: float | None = None
+    mix: Literal["none", "classmix"] = "none"
+    final_adabn: bool = False
 
 
 @dataclass

@@ -307,6 +307,7 @@ class SelfTrainModule(_StageModule):
         for p in e1.parameters():
             p.requires_grad_(False)
         self.source_weight = float(exp.selftrain.source_weight)
+        self.mix = exp.selftrain.mix
         self.register_buffer("class_weight", class_weight, persistent=False)
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
@@ -323,6 +324,11 @@ class SelfTrainModule(_StageModule):
     def training_step(self, batch: dict[str, dict[str, torch.Tensor]], batch_idx: int) -> torch.Tensor:
         a, b = batch["A"], batch["B"]
         n = b["image"].shape[0]
+        if self.mix == "classmix":
+            from .selftrain import class_mix
+
+            image, labels = class_mix(b["image"], b["semantic"], a["image"], a["semantic"])
+            b = {"image": image, "semantic": labels}
         x = self._input({"image": torch.cat([b["image"], a["image"]])})
         with torch.no_grad():
             f1 = self.e1(x)

@@ -175,3 +175,29 @@ class PseudoLabelled(Dataset):
             for key in ("image", "semantic", "depth", "depth_valid"):
                 item[key] = item[key].flip(-1)
         return item
+
+
+def class_mix(target_image: torch.Tensor, target_labels: torch.Tensor, source_image: torch.Tensor,
+              source_labels: torch.Tensor, generator: torch.Generator | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """ClassMix across domains (DACS: Tranheden et al., "DACS: Domain Adaptation via Cross-domain
+    Mixed Sampling", WACV 2021): for each pair i, half of the classes labelled in
+    ``source_labels[i]`` (A's true labels; rounded up, chosen at random) are pasted with their
+    pixels from ``source_image[i]`` onto ``target_image[i]`` (B), and their labels onto
+    ``target_labels[i]`` (B's pseudo-labels). Images N x C x H x W, labels N x H x W; returns the
+    mixed (images, labels). A pair whose source has no labelled pixel is returned unchanged."""
+    if target_image.shape != source_image.shape or target_labels.shape != source_labels.shape:
+        raise ValueError(f"class_mix: target {tuple(target_image.shape)}/{tuple(target_labels.shape)} and "
+                         f"source {tuple(source_image.shape)}/{tuple(source_labels.shape)} differ in shape")
+    masks = torch.zeros_like(source_labels, dtype=torch.bool)
+    for i in range(source_labels.shape[0]):
+        present = torch.unique(source_labels[i])
+        present = present[present != UNLABELED]
+        if present.numel() == 0:
+            continue
+        order = torch.randperm(present.numel(), generator=generator, device="cpu").to(present.device)
+        chosen = present[order[: (present.numel() + 1) // 2]]
+        masks[i] = torch.isin(source_labels[i], chosen)
+    image = torch.where(masks[:, None], source_image, target_image)
+    labels = torch.where(masks, source_labels, target_labels)
+    return image, labels

@@ -267,7 +267,18 @@ def _train_stage(exp: Experiment, name: str, folder: Path) -> dict[str, Any]:
                 atomic_write(folder / "time.json",
                                   json.dumps({"seconds": previous + time.monotonic() - started}) + "\n")
 
-    trainer = _make_trainer(exp, name, steps, [Timer(), Finish()])
+    class AdaptOnB(Callback):
+        """Stage st with ``selftrain.final_adabn``: G's and D2's batch-norm statistics re-estimated
+        on B's training images once training ends, before the weights are written, so the stored
+        (and exported) chain carries B's statistics instead of the A∪B mix of the training batches."""
+
+        def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if trainer.global_step >= steps:
+                used = adapt_on_target(exp, pl_module)
+                log.info("stage st: G and D2 batch-norm statistics from %d batches of B after training", used)
+
+    callbacks = [Timer()] + ([AdaptOnB()] if name == "st" and exp.selftrain.final_adabn else []) + [Finish()]
+    trainer = _make_trainer(exp, name, steps, callbacks)
     resume = resume_checkpoint(folder)
     what = task or ("G and D2 by self-training on B's pseudo-labels" if name == "st" else
                     "G (Eq. 3)" if exp.transfer.task_loss == 0 else
@@ -305,6 +316,25 @@ def _selftrain_setup(exp: Experiment, folder: Path, steps: int):
     b = PseudoLabelled(make_dataset(exp, "B", "train"), labels, flip=exp.data.flip)
     a = make_dataset(exp, "A", "train", train=True)
     return module, CombinedLoader({"B": shuffled_loader(exp, b), "A": shuffled_loader(exp, a)}, mode="max_size_cycle")
+
+
+def adapt_on_target(exp: Experiment, module: "L.LightningModule") -> int:
+    """AdaBN of a SelfTrainModule's G and D2 on B's training images (unaugmented, a reproducible
+    shuffle: the same batches on every DDP process). Returns the batches used."""
+    import torch
+
+    from .adabn import adapt_batchnorm, eval_loader, precision_autocast
+
+    device, cl = module.device, exp.trainer.channels_last
+
+    def prepare(x: "torch.Tensor") -> "torch.Tensor":
+        x = x.to(device)
+        return x.contiguous(memory_format=torch.channels_last) if cl else x
+
+    loader = eval_loader(make_dataset(exp, "B", "train"), exp.evaluation.batch_size, True, exp.seed)
+    with precision_autocast(exp, device):
+        return adapt_batchnorm([module.g, module.d2], module.forward, loader,
+                               exp.evaluation.adabn_batches or 50, prepare)
 
 
 def pseudo_labels(exp: Experiment, folder: Path, e1: "torch.nn.Module", g: "torch.nn.Module",

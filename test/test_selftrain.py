@@ -13,8 +13,8 @@ import torch
 
 from atdt_train.cli import main
 from atdt_train.config import ConfigError, experiment_from_dict, load_experiment
-from atdt_train.selftrain import (LABELS_FILE, PseudoLabelled, class_thresholds, read_pseudo_labels, select,
-                                  write_pseudo_labels)
+from atdt_train.selftrain import (LABELS_FILE, PseudoLabelled, class_mix, class_thresholds, read_pseudo_labels,
+                                  select, write_pseudo_labels)
 from test_stages import H, W, domains, experiment, write_yaml  # noqa: F401 (domains is a fixture)
 
 
@@ -60,11 +60,38 @@ def test_pseudo_labelled_frames_flip_image_and_labels_together() -> None:
         PseudoLabelled([frame], np.zeros((2, 2, 4), np.uint8), flip=False)
 
 
+def test_class_mix_pastes_half_the_source_classes_with_their_labels() -> None:
+    # B frame: pseudo-labels 5 (left half) and 255 (right half); A frame: classes 1, 2, 3 and 255
+    target_labels = torch.tensor([[[5, 5, 255, 255]] * 2])
+    source_labels = torch.tensor([[[1, 1, 2, 3], [255, 3, 3, 2]]])
+    target_image = torch.zeros(1, 3, 2, 4)
+    source_image = torch.arange(24.0).reshape(1, 3, 2, 4) + 1
+    seen = set()
+    for seed in range(12):
+        image, labels = class_mix(target_image, target_labels, source_image, source_labels,
+                                  torch.Generator().manual_seed(seed))
+        chosen = frozenset(torch.unique(labels).tolist()) - {5, 255}  # B's labels are not 1, 2 or 3
+        assert len(chosen) == 2 and chosen <= {1, 2, 3}  # half of 3 classes, rounded up
+        mask = torch.isin(source_labels, torch.tensor(sorted(chosen)))
+        assert torch.equal(labels, torch.where(mask, source_labels, target_labels))
+        assert torch.equal(image, torch.where(mask[:, None], source_image, target_image))
+        assert labels[0, 1, 0].item() == 5  # A's unlabelled pixel is never pasted
+        seen.add(chosen)
+    assert len(seen) == 3  # every pair of the three classes is drawn
+    # a source frame without labels leaves its pair unchanged; shapes must agree
+    image, labels = class_mix(target_image, target_labels, source_image, torch.full_like(source_labels, 255))
+    assert torch.equal(image, target_image) and torch.equal(labels, target_labels)
+    with pytest.raises(ValueError, match="differ in shape"):
+        class_mix(target_image, target_labels, source_image[..., :2], source_labels[..., :2])
+
+
 def test_selftrain_settings_are_checked(domains, tmp_path) -> None:  # noqa: F811
     with pytest.raises(ConfigError, match="task 2 of sem2dep is depth"):
         experiment_from_dict(experiment(domains, tmp_path, "sem2dep"), ["steps.st=5"])
     with pytest.raises(ConfigError, match="selftrain.teacher: expected one of"):
         experiment_from_dict(experiment(domains, tmp_path), ["selftrain.teacher=oracle"])
+    with pytest.raises(ConfigError, match="selftrain.mix: expected one of"):
+        experiment_from_dict(experiment(domains, tmp_path), ["selftrain.mix=cutmix"])
     with pytest.raises(ConfigError, match="selftrain.portion.*got 1.5"):
         experiment_from_dict(experiment(domains, tmp_path, selftrain={"portion": 1.5}))
     with pytest.raises(ConfigError, match="selftrain.source_weight"):
@@ -79,6 +106,7 @@ def test_stage_keys_follow_the_selftrain_settings(domains, tmp_path) -> None:  #
     a = experiment_from_dict(base)
     b = experiment_from_dict(base, ["selftrain.portion=0.8"])
     assert stage_key(a, "st") != stage_key(b, "st")
+    assert stage_key(a, "st") != stage_key(experiment_from_dict(base, ["selftrain.mix=classmix"]), "st")
     for stage in ("n1", "n2", "g", "oracle"):  # they do not depend on it: shared between the rows
         assert stage_key(a, stage) == stage_key(b, stage)
 
@@ -122,6 +150,52 @@ def test_stage_st_trains_g_and_d2_on_pseudo_labels_and_is_what_the_export_loads(
     x = torch.randn(1, 3, H, W)
     with torch.no_grad():
         assert n2.decoder(g(n1.encoder(x)), (H, W)).shape == (1, 11, H, W)
+
+
+def _bn_stats(*modules: torch.nn.Module) -> list[torch.Tensor]:
+    return [t.clone() for m in modules for layer in m.modules() if isinstance(layer, torch.nn.BatchNorm2d)
+            for t in (layer.running_mean, layer.running_var)]
+
+
+def _stats_after_adabn_on_b(exp, g: torch.nn.Module, d2: torch.nn.Module, e1: torch.nn.Module) -> list[torch.Tensor]:
+    from atdt_train.adabn import adapt_batchnorm, eval_loader
+    from atdt_train.models import transfer_features
+    from atdt_train.stages import make_dataset
+
+    loader = eval_loader(make_dataset(exp, "B", "train"), exp.evaluation.batch_size, True, exp.seed)
+    forward = lambda x: transfer_features(g, d2, e1(x), tuple(x.shape[-2:]))  # noqa: E731
+    adapt_batchnorm([g, d2], forward, loader, exp.evaluation.adabn_batches, lambda x: x)
+    return _bn_stats(g, d2)
+
+
+def test_stage_st_with_class_mix_and_final_adabn(selftrain_run, tmp_path) -> None:
+    from atdt_train.stages import load_networks
+
+    exp = selftrain_run
+    out = tmp_path / "mixed"
+    (out / "stages").mkdir(parents=True)
+    for stage in ("n1", "n2", "g", "oracle"):  # shared with the fixture's run, as a suite does
+        (out / "stages" / stage).symlink_to(exp.output_dir / "stages" / stage, target_is_directory=True)
+    path = str(exp.output_dir.parent / "exp.yaml")
+    overrides = [f"out_dir={out}", "steps.st=2", "selftrain.mix=classmix", "selftrain.final_adabn=true"]
+    assert main(["run", path] + [a for o in overrides for a in ("--set", o)]) == 0
+    mixed = load_experiment(path, overrides)
+    assert json.loads((out / "stages" / "st" / "done.json").read_text())["steps"] == 2
+    assert "atdt_st" in json.loads((out / "results.json").read_text())["domains"]["B"]["task2"]
+
+    n1, n2, g, info = load_networks(mixed)
+    assert info["selftrained"]
+    _, _, paper_g, _ = load_networks(exp)
+    assert any(not torch.equal(x, y) for x, y in zip(g.state_dict().values(), paper_g.state_dict().values()))
+    # final_adabn: the stored statistics are B's (AdaBN again on the same batches changes nothing) ...
+    stored = _bn_stats(g, n2.decoder)
+    again = _stats_after_adabn_on_b(mixed, g, n2.decoder, n1.encoder)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(stored, again))
+    # ... while the default stage keeps the statistics of its A∪B training batches
+    n1, n2, g, _ = load_networks(exp)
+    stored = _bn_stats(g, n2.decoder)
+    again = _stats_after_adabn_on_b(exp, g, n2.decoder, n1.encoder)
+    assert not all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(stored, again))
 
 
 def test_a_rerun_stage_st_reads_its_pseudo_labels_back(selftrain_run, caplog) -> None:
