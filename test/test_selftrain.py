@@ -268,12 +268,14 @@ def test_the_exported_chain_is_the_self_trained_one(selftrain_run, tmp_path) -> 
 
 def test_stage_st_trains_under_two_process_ddp(domains, tmp_path) -> None:  # noqa: F811
     """Both processes label B alike (the same seeded AdaBN batches), rank 0 writes the labels,
-    and the combined A+B loader is split between the processes by Lightning's sampler."""
+    and the combined A+B loader is split between the processes by Lightning's sampler; with
+    ClassMix and the final AdaBN on B, which every process runs on the same batches."""
     import os
     import subprocess
     import sys
 
-    data = experiment(domains, tmp_path / "out", trainer={"strategy": "ddp", "devices": 2, "checkpoint_every": 2})
+    data = experiment(domains, tmp_path / "out", trainer={"strategy": "ddp", "devices": 2, "checkpoint_every": 2},
+                      selftrain={"mix": "classmix", "final_adabn": True})
     data["steps"]["st"] = 2
     path = write_yaml(tmp_path / "ddp.yaml", data)
     for stage in ("n1", "n2", "g"):  # one process for the stages before
@@ -283,6 +285,8 @@ def test_stage_st_trains_under_two_process_ddp(domains, tmp_path) -> None:  # no
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MEMBER: 2/2" in proc.stderr + proc.stdout
+    # both processes re-estimate B's statistics after training (rank 0's are written)
+    assert (proc.stderr + proc.stdout).count("batch-norm statistics from 1 batches of B after training") == 2
     folder = tmp_path / "out" / "stages" / "st"
     assert json.loads((folder / "done.json").read_text())["steps"] == 2
     assert read_pseudo_labels(folder, 6, (H, W)) is not None
