@@ -33,6 +33,16 @@ def precision_autocast(exp: Experiment, device: torch.device) -> Any:
     return nullcontext()
 
 
+def input_preparer(device: torch.device, channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Images of a loader's batch onto ``device``, channels-last when the experiment trains so."""
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    return prepare
+
+
 def eval_loader(dataset, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
     """A single-process loader; shuffled reproducibly by ``seed`` when asked."""
     generator = torch.Generator().manual_seed(seed)

@@ -31,7 +31,8 @@ from atdt_ros.classmap import NUM_CLASSES, UNLABELED
 from atdt_ros.files import atomic_write
 from atdt_ros.metrics import DepthMetric, SegmentationMetric
 
-from .adabn import Predictor, adapt_batchnorm, eval_loader, has_batchnorm, inference_device, precision_autocast
+from .adabn import (Predictor, adapt_batchnorm, eval_loader, has_batchnorm, inference_device, input_preparer,
+                    precision_autocast)
 from .config import Experiment
 from .lit import depth_to_metres
 from .models import TaskNet, TransferNet, transfer
@@ -88,9 +89,7 @@ def evaluate_domain(exp: Experiment, domain: str, nets: dict[str, nn.Module], de
     e1, d2 = n1.encoder, n2.decoder
     cl = exp.trainer.channels_last
 
-    def prepare(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device)
-        return x.contiguous(memory_format=torch.channels_last) if cl else x
+    prepare = input_preparer(device, cl)
 
     def eq4(e1_: nn.Module, g_: nn.Module, d2_: nn.Module) -> Predictor:
         return lambda x: transfer(e1_, g_, d2_, x)

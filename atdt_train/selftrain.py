@@ -85,7 +85,8 @@ def compute_pseudo_labels(exp: "Experiment", dataset: Dataset, e1: nn.Module, g:
     """
     import copy
 
-    from .adabn import adapt_batchnorm, eval_loader, has_batchnorm, inference_device, precision_autocast
+    from .adabn import (adapt_batchnorm, eval_loader, has_batchnorm, inference_device, input_preparer,
+                        precision_autocast)
     from .models import transfer
 
     device = inference_device(exp)
@@ -101,9 +102,7 @@ def compute_pseudo_labels(exp: "Experiment", dataset: Dataset, e1: nn.Module, g:
     def chain(x: torch.Tensor) -> torch.Tensor:
         return transfer(e1, g, d2, x)
 
-    def prepare(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device)
-        return x.contiguous(memory_format=torch.channels_last) if cl else x
+    prepare = input_preparer(device, cl)
 
     teachers: list[Callable[[torch.Tensor], torch.Tensor]] = [chain] + ([n2] if n2 is not None else [])
     batches = exp.evaluation.adabn_batches or 50

@@ -321,16 +321,10 @@ def _selftrain_setup(exp: Experiment, folder: Path, steps: int):
 def adapt_on_target(exp: Experiment, module: "L.LightningModule") -> int:
     """AdaBN of a SelfTrainModule's G and D2 on B's training images (unaugmented, a reproducible
     shuffle: the same batches on every DDP process). Returns the batches used."""
-    import torch
+    from .adabn import adapt_batchnorm, eval_loader, input_preparer, precision_autocast
 
-    from .adabn import adapt_batchnorm, eval_loader, precision_autocast
-
-    device, cl = module.device, exp.trainer.channels_last
-
-    def prepare(x: "torch.Tensor") -> "torch.Tensor":
-        x = x.to(device)
-        return x.contiguous(memory_format=torch.channels_last) if cl else x
-
+    device = module.device
+    prepare = input_preparer(device, exp.trainer.channels_last)
     loader = eval_loader(make_dataset(exp, "B", "train"), exp.evaluation.batch_size, True, exp.seed)
     with precision_autocast(exp, device):
         return adapt_batchnorm([module.g, module.d2], module.forward, loader,

@@ -43,7 +43,6 @@ def main() -> int:
     ap.add_argument("sets", nargs="+", metavar="NAME=FILELIST:HEIGHT_M")
     ap.add_argument("--height-ref", type=float, required=True, help="A's nominal camera height (m)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     exp = load_experiment(args.experiment)
     if exp.task2 != "depth":
         ap.error(f"{args.experiment} is {exp.direction}; this diagnostic needs task 2 = depth (sem2dep)")
