@@ -94,7 +94,11 @@ class DepthSpec:
 
     With ``focal_normalised`` the network predicts depth for a camera of focal ``focal_ref``
     pixels: metres = output * focal_px / focal_ref, where focal_px is the camera's fx at the
-    network input resolution (from camera_info, else ``default_focal``).
+    network input resolution (from camera_info, else ``default_focal``). With
+    ``height_normalised`` as well, for a camera ``height_ref`` metres above the road: metres =
+    output * (focal_px / focal_ref) * (height / height_ref), the height from the node's
+    ``camera_height`` parameter, else ``default_camera_height`` (that of the parity frames'
+    dataset). Both keys are optional in metadata.json (absent: False, 1.0, 1.0).
     """
 
     units: str
@@ -103,6 +107,9 @@ class DepthSpec:
     focal_normalised: bool
     focal_ref: float
     default_focal: float
+    height_normalised: bool = False
+    height_ref: float = 1.0
+    default_camera_height: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -178,6 +185,11 @@ def _need(obj: Any, key: str, kind: Any, where: str) -> Any:
     return schema.take(obj, key, kind, where, ArtifactError)
 
 
+def _optional(obj: dict, key: str, kind: Any, where: str, default: Any) -> Any:
+    """An optional key of the metadata (added after format_version 2 was fixed): ``default`` when absent."""
+    return default if key not in obj else _need(obj, key, kind, where)
+
+
 def _numbers(obj: dict, key: str, where: str) -> tuple[float, ...]:
     return tuple(_need(obj, key, list[float], where))
 
@@ -244,11 +256,18 @@ def validate(raw: dict, source: str = METADATA_FILE) -> Metadata:
                            float(_need(dep, "max", float, dw)),
                            _need(dep, "focal_normalised", bool, dw),
                            float(_need(dep, "focal_ref", float, dw)),
-                           float(_need(dep, "default_focal", float, dw)))
+                           float(_need(dep, "default_focal", float, dw)),
+                           _optional(dep, "height_normalised", bool, dw, False),
+                           float(_optional(dep, "height_ref", float, dw, 1.0)),
+                           float(_optional(dep, "default_camera_height", float, dw, 1.0)))
     if not depth_spec.min < depth_spec.max:
         raise ArtifactError(f"{dw}: min {depth_spec.min:g} must be below max {depth_spec.max:g} (metres)")
     if depth_spec.focal_normalised and (depth_spec.focal_ref <= 0 or depth_spec.default_focal <= 0):
         raise ArtifactError(f"{dw}: focal_ref and default_focal must be positive")
+    if depth_spec.height_normalised and not depth_spec.focal_normalised:
+        raise ArtifactError(f"{dw}: height_normalised needs focal_normalised (the unit is f x h)")
+    if depth_spec.height_normalised and (depth_spec.height_ref <= 0 or depth_spec.default_camera_height <= 0):
+        raise ArtifactError(f"{dw}: height_ref and default_camera_height must be positive (metres)")
 
     direction = _need(raw, "direction", str, where)
     if direction not in DIRECTIONS:
@@ -332,20 +351,24 @@ def format_path(directory: str | os.PathLike, metadata: Metadata, fmt: str) -> P
     return paths[0]
 
 
-def metres_per_unit(focal: Any, focal_ref: float) -> Any:
-    """The one focal conversion: a focal-normalised depth unit is ``focal / focal_ref`` metres for
-    a camera of fx ``focal`` (float, array or tensor) at the resolution ``focal_ref`` refers to.
-    Training divides its depth labels by it, evaluation and the node multiply the output by it."""
-    return focal / focal_ref
+def metres_per_unit(focal: Any, focal_ref: float, height: Any = None, height_ref: float | None = None) -> Any:
+    """The one camera conversion: a focal-normalised depth unit is ``focal / focal_ref`` metres for
+    a camera of fx ``focal`` (float, array or tensor) at the resolution ``focal_ref`` refers to;
+    a height-normalised one (``height_ref`` given) is ``(focal / focal_ref) x (height / height_ref)``
+    metres for a camera ``height`` metres above the road. Training divides its depth labels by it,
+    evaluation and the node multiply the output by it."""
+    scale = focal / focal_ref
+    return scale if height_ref is None else scale * (height / height_ref)
 
 
 def depth_to_metres_scale(depth: DepthSpec, focal_px: float | None, input_width: int,
-                          network_width: int) -> float:
-    """Factor turning the depth output into metres for a camera of fx ``focal_px``.
+                          network_width: int, camera_height: float | None = None) -> float:
+    """Factor turning the depth output into metres for a camera of fx ``focal_px``, mounted
+    ``camera_height`` metres above the road (used when the chain is height-normalised).
 
     ``focal_px`` is fx at the camera image's resolution (``input_width``); it is rescaled to
     the network input width. None means no camera_info: ``default_focal`` (already at the
-    network resolution) is used.
+    network resolution) is used; likewise a missing height is ``default_camera_height``.
     """
     if not depth.focal_normalised:
         return 1.0
@@ -353,4 +376,7 @@ def depth_to_metres_scale(depth: DepthSpec, focal_px: float | None, input_width:
         focal_net = depth.default_focal
     else:
         focal_net = focal_px * network_width / input_width
-    return float(metres_per_unit(focal_net, depth.focal_ref))
+    if not depth.height_normalised:
+        return float(metres_per_unit(focal_net, depth.focal_ref))
+    height = depth.default_camera_height if camera_height is None or camera_height <= 0 else camera_height
+    return float(metres_per_unit(focal_net, depth.focal_ref, height, depth.height_ref))

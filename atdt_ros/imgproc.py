@@ -249,11 +249,12 @@ class Postprocessor:
             self._labels_net: np.ndarray | None = None
 
     def depth_metres(self, depth_out: np.ndarray, height: int, width: int,
-                     focal_px: float | None) -> np.ndarray:
-        """(1,1,h,w) or (h,w) depth output -> (height, width) float32 metres (reused buffer)."""
+                     focal_px: float | None, camera_height: float | None = None) -> np.ndarray:
+        """(1,1,h,w) or (h,w) depth output -> (height, width) float32 metres (reused buffer);
+        ``camera_height``: metres above the road, for a height-normalised chain."""
         self._ensure(height, width)
         d = np.asarray(depth_out, dtype=np.float32).reshape(depth_out.shape[-2:])
-        scale = depth_to_metres_scale(self.depth_spec, focal_px, width, self.network_width)
+        scale = depth_to_metres_scale(self.depth_spec, focal_px, width, self.network_width, camera_height)
         if d.shape == (height, width):
             np.multiply(d, np.float32(scale), out=self.depth)
         else:

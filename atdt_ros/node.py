@@ -514,7 +514,7 @@ class PerceptionNode(LifecycleNode):
         if want_depth or want_points:
             geometry = image_geometry(info, height, width) if calibrated else None  # P, binning, ROI
             focal = geometry.focal_x if geometry is not None else None
-            depth = self.post.depth_metres(out["depth"], height, width, focal)
+            depth = self.post.depth_metres(out["depth"], height, width, focal, self.p.camera_height or None)
             if self.p.depth_sky != "keep" or want_points:  # sky mask, cloud labels
                 labels = self.post.semantic_ids(out["semantic"], height, width)
             depth_encoding = self.p.depth_encoding

@@ -57,6 +57,7 @@ class NodeParameters:
     depth_sky: DepthSky = "inf"         # depth on sky pixels: inf | nan | keep (REP 117)
     depth_range_limits: bool = True     # beyond metadata depth.max -> +Inf, below depth.min -> -Inf
     depth_encoding: DepthEncoding = "32FC1"  # 32FC1 (metres) | 16UC1 (millimetres, 0 = no depth)
+    camera_height: float = 0.0          # m above the road, for height-normalised chains (0: the chain's)
     process_all: bool = False           # queue every frame instead of keeping only the newest
     image_transport: ImageTransport = "raw"  # raw: Image on image; compressed: <image>/compressed
     input_qos: Qos = "sensor_data"      # sensor_data | reliable | best_effort
@@ -106,6 +107,9 @@ def _check(p: NodeParameters) -> None:
     if not lo <= p.diagnostics_period <= hi:
         raise ParameterError(f"parameter diagnostics_period: {p.diagnostics_period} s is outside "
                              f"{lo:g}..{hi:g} s")
+    if not 0.0 <= p.camera_height <= 100.0:
+        raise ParameterError(f"parameter camera_height: {p.camera_height} m is outside 0..100 m "
+                             f"(0: the default_camera_height in the chain's metadata)")
     if p.error_throttle < 0:
         raise ParameterError(f"parameter error_throttle: {p.error_throttle} s must be >= 0 (0: log "
                              f"every rejection)")

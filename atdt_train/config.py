@@ -32,6 +32,7 @@ class Domain:
     val: str | None = None
     kind: Literal["sim", "carla", "cityscapes", "kitti", "synthia"] | None = None
     name: str | None = None
+    camera_height: float | None = None  # metres above the road, where the dataset gives none
 
 
 @dataclass
@@ -90,6 +91,14 @@ class Optimizer:
 class DepthOptions:
     """Depth settings: focal normalisation of targets, the metric range, and the depth loss.
 
+    ``focal_normalised``: depth is learnt in units of ``f / f_ref`` metres (f the frame's fx at
+    input size), so a network sees one focal length whatever the camera. ``height_normalised``
+    (with it): in units of ``(f / f_ref) x (h / h_ref)`` metres, h the camera's height above the
+    road: a road pixel y rows below the horizon is at Z = f h / y, so the ground plane's image
+    geometry fixes depth only up to f x h (docs/results.md, "Sem→Dep: what sets the scale").
+    Each frame's h comes from its dataset (the sim's camera.json, Cityscapes' ``extrinsic.z``,
+    KITTI's 1.65 m), else from ``domains.X.camera_height``.
+
     ``gradient_loss`` > 0 adds, with that weight, a multi-scale gradient-matching term on log
     depth (Li & Snavely, MegaDepth, CVPR 2018) to the L1 loss of every depth network: it rewards
     depth edges, so thin structures (poles, signs, people) are not smoothed away; off in the
@@ -98,6 +107,8 @@ class DepthOptions:
 
     focal_normalised: bool = False
     focal_ref: float | None = None  # default: fx of A's first training frame at input size
+    height_normalised: bool = False  # with focal_normalised: units of f*h (ground-plane scale)
+    height_ref: float | None = None  # default: camera height of A's first training frame (m)
     min_depth: float = 0.5
     max_depth: float = 80.0
     gradient_loss: float = 0.0  # beyond the paper: weight of the multi-scale log-depth gradient term
@@ -281,6 +292,16 @@ def _validate(exp: Experiment) -> None:
                           f"got {exp.depth.gradient_loss}")
     if exp.depth.focal_ref is not None:
         positive("depth.focal_ref", exp.depth.focal_ref)
+    if exp.depth.height_normalised and not exp.depth.focal_normalised:
+        raise ConfigError("depth.height_normalised: true scales depth by focal length x camera height, "
+                          "so it needs depth.focal_normalised: true; accepted: both true, or "
+                          "height_normalised: false")
+    if exp.depth.height_ref is not None:
+        positive("depth.height_ref", exp.depth.height_ref)
+    for name in ("A", "B"):
+        height = getattr(exp.domains, name).camera_height
+        if height is not None:
+            positive(f"domains.{name}.camera_height", height)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -34,23 +34,24 @@ from atdt_ros.metrics import DepthMetric, SegmentationMetric
 from .adabn import (Predictor, adapt_batchnorm, eval_loader, has_batchnorm, inference_device, input_preparer,
                     precision_autocast)
 from .config import Experiment
-from .lit import depth_to_metres
+from .lit import DepthRef, depth_scale, depth_to_metres
 from .models import TaskNet, TransferNet, transfer
 from .checkpoints import is_done, load_selftrained_decoder, load_task_net, load_transfer_net, stage_dir
 from .runtime import adapt_to_machine, configure_threads
-from .stages import e1_stage, make_dataset, resolve_focal_ref, training_stages
+from .stages import e1_stage, make_dataset, resolve_depth_ref, training_stages
 
 log = logging.getLogger(__name__)
 
 METHODS: tuple[str, ...] = ("baseline", "baseline_adabn", "atdt", "atdt_adabn", "atdt_st", "oracle")
 
 
-def predict(task: str, output: torch.Tensor, focal: torch.Tensor, focal_ref: float | None) -> np.ndarray:
-    """Network output -> class ids (N,H,W) or depth in metres (N,H,W), numpy."""
+def predict(task: str, output: torch.Tensor, scale: torch.Tensor | None) -> np.ndarray:
+    """Network output -> class ids (N,H,W) or depth in metres (N,H,W; ``scale``: metres per
+    unit of each frame, :func:`lit.depth_scale`), numpy."""
     output = output.float()
     if task == "semantic":
         return output.argmax(1).cpu().numpy()
-    return depth_to_metres(output[:, 0], focal.to(output.device), focal_ref).cpu().numpy()
+    return depth_to_metres(output[:, 0], scale).cpu().numpy()
 
 
 class _Scorer:
@@ -79,7 +80,7 @@ def _denormalise(image: torch.Tensor) -> np.ndarray:
 
 
 def evaluate_domain(exp: Experiment, domain: str, nets: dict[str, nn.Module], device: torch.device,
-                    focal_ref: float | None) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
+                    depth_ref: DepthRef | None) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
     """Every row of the tables on one domain's test split; also the figure's samples."""
     task1, task2 = exp.task1, exp.task2
     n1: TaskNet = nets[f"n1_{domain}"]
@@ -129,10 +130,11 @@ def evaluate_domain(exp: Experiment, domain: str, nets: dict[str, nn.Module], de
     with torch.no_grad(), autocast:
         for batch in eval_loader(test, exp.evaluation.batch_size):
             x = prepare(batch["image"])
-            preds = {k: predict(task2, f(x), batch["focal"], focal_ref) for k, f in predictors.items()}
+            scale = depth_scale(batch, depth_ref)
+            preds = {k: predict(task2, f(x), scale) for k, f in predictors.items()}
             for k, p in preds.items():
                 scorers[k].update(p, batch)
-            task1_scorer.update(predict(task1, n1(x), batch["focal"], focal_ref), batch)
+            task1_scorer.update(predict(task1, n1(x), scale), batch)
             for i in range(x.shape[0]):
                 if seen + i in wanted:
                     samples.append({
@@ -173,7 +175,7 @@ def evaluate_experiment(exp: Experiment) -> dict[str, Any]:
     configure_threads(exp)
     adapt_to_machine(exp)
     device = inference_device(exp)
-    focal_ref = resolve_focal_ref(exp)
+    depth_ref = resolve_depth_ref(exp)
     nets: dict[str, nn.Module] = {"n2": load_task_net(exp, "n2"), "g": load_transfer_net(exp)}
     task1_nets: dict[str, TaskNet] = {}
     for domain in ("A", "B"):  # the shared N1 serves both domains
@@ -201,7 +203,8 @@ def evaluate_experiment(exp: Experiment) -> dict[str, Any]:
         "direction": exp.direction,
         "task1": exp.task1,
         "task2": exp.task2,
-        "focal_ref": focal_ref,
+        "focal_ref": None if depth_ref is None else depth_ref.focal,
+        "height_ref": None if depth_ref is None else depth_ref.height,
         "config": exp.to_dict(),
         "training": training_summary(exp),
         "domains": {},
@@ -209,7 +212,7 @@ def evaluate_experiment(exp: Experiment) -> dict[str, Any]:
     out = exp.output_dir
     for domain in ("B", "A"):
         log.info("evaluating on %s (%s)", domain, getattr(exp.domains, domain).test)
-        result, samples = evaluate_domain(exp, domain, nets, device, focal_ref)
+        result, samples = evaluate_domain(exp, domain, nets, device, depth_ref)
         results["domains"][domain] = result
         if samples:
             save_figure(samples, exp.task2, out / f"figure_{domain}.png",

@@ -183,8 +183,9 @@ def export_onnx(chain: nn.Module, path: Path, input_size: tuple[int, int]) -> li
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def read_frames(dataset: Any, count: int) -> tuple[np.ndarray, float | None]:
-    """Up to ``count`` evenly spaced normalised images (N,3,H,W) of a FrameDataset, and fx."""
+def read_frames(dataset: Any, count: int) -> tuple[np.ndarray, float | None, float | None]:
+    """Up to ``count`` evenly spaced normalised images (N,3,H,W) of a FrameDataset, fx and the
+    camera height in metres (None: not recorded)."""
     import numpy as np
 
     if len(dataset) == 0:
@@ -195,7 +196,8 @@ def read_frames(dataset: Any, count: int) -> tuple[np.ndarray, float | None]:
     samples = [dataset[i] for i in indices]
     images = np.stack([np.asarray(s["image"], dtype=np.float32) for s in samples])
     focal = float(samples[0]["focal"]) if "focal" in samples[0] else None
-    return images, focal
+    height = float(samples[0].get("camera_height", float("nan")))
+    return images, focal, None if np.isnan(height) else height
 
 
 def export_chain(
@@ -363,7 +365,7 @@ def run_export(args: argparse.Namespace) -> int:
     else:
         dataset = make_dataset(exp, "B", "test")
         frames_from = f"domains.B.test ({exp.domains.B.test})"
-    frames, focal = read_frames(dataset, args.parity_frames)
+    frames, focal, camera_height = read_frames(dataset, args.parity_frames)
     if frames.shape[-2:] != tuple(size):
         raise ExportError(f"parity frames are {frames.shape[-2:]}, the export size is {size}")
     fp32 = TOLERANCES["fp32"]
@@ -373,9 +375,18 @@ def run_export(args: argparse.Namespace) -> int:
     d = info.get("depth") or {}
     focal_ref = d.get("focal_ref")
     normalised = bool(d.get("focal_normalised")) and focal_ref is not None
+    height_ref = d.get("height_ref")
+    by_height = normalised and bool(d.get("height_normalised")) and height_ref is not None
+    if by_height and camera_height is None:
+        LOG.error("the chain is height-normalised (depth.height_normalised) but the parity frames "
+                  "(%s) record no camera height; export with frames that do, or set "
+                  "domains.B.camera_height", frames_from)
+        return 1
     depth = DepthSpec("m", float(d.get("min_depth", 0.0)), float(d.get("max_depth", 100.0)),
                       normalised, float(focal_ref or 1.0),
-                      float(focal or focal_ref or 1.0) if normalised else 1.0)
+                      float(focal or focal_ref or 1.0) if normalised else 1.0,
+                      by_height, float(height_ref) if by_height else 1.0,
+                      float(camera_height) if by_height else 1.0)
     sources = {name: sha256_file(p) for name, p in (info.get("checkpoints") or {}).items()}
     try:
         metadata = export_chain(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -97,25 +98,48 @@ def inverse_sqrt_weights(counts: torch.Tensor) -> torch.Tensor:
     return w.float()
 
 
-def depth_target(depth: torch.Tensor, focal: torch.Tensor, focal_ref: float | None) -> torch.Tensor:
-    """Depth in training units: metres, or focal-normalised ``depth * f_ref / f_frame``."""
-    if focal_ref is None:
+@dataclass(frozen=True)
+class DepthRef:
+    """The reference camera of normalised depth (``depth.focal_normalised``): fx ``focal`` in
+    pixels at the input size and, with ``depth.height_normalised``, the height ``height`` (m)."""
+
+    focal: float
+    height: float | None = None
+
+
+def depth_scale(batch: dict[str, torch.Tensor], ref: DepthRef | None) -> torch.Tensor | None:
+    """Metres per depth unit of each frame of a batch (N,), or None for depth in metres."""
+    if ref is None:
+        return None
+    height = None
+    if ref.height is not None:
+        height = batch["camera_height"]
+        if torch.isnan(height).any():
+            raise ValueError("depth.height_normalised: a frame has no camera height (neither its dataset "
+                             "nor domains.A/B.camera_height gives one); set domains.<A|B>.camera_height "
+                             "in metres above the road")
+    return metres_per_unit(batch["focal"], ref.focal, height, ref.height)
+
+
+def depth_target(depth: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """Depth in training units: metres, or normalised ``depth / scale`` (:func:`depth_scale`)."""
+    if scale is None:
         return depth
-    return depth / metres_per_unit(focal, focal_ref).view(-1, 1, 1)
+    return depth / scale.to(depth.device).view(-1, 1, 1)
 
 
-def depth_to_metres(pred: torch.Tensor, focal: torch.Tensor, focal_ref: float | None) -> torch.Tensor:
-    """Network depth output (N, H, W) back to metres (undoes the focal normalisation)."""
-    if focal_ref is None:
+def depth_to_metres(pred: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """Network depth output (N, H, W) back to metres (undoes the normalisation)."""
+    if scale is None:
         return pred
-    return pred * metres_per_unit(focal, focal_ref).view(-1, 1, 1)
+    return pred * scale.to(pred.device).view(-1, 1, 1)
 
 
-def depth_loss(pred: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, focal: torch.Tensor,
-               focal_ref: float | None) -> torch.Tensor:
-    """L1 over valid pixels, in metres or focal-normalised units; zero when none is valid."""
+def depth_loss(pred: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor,
+               scale: torch.Tensor | None) -> torch.Tensor:
+    """L1 over valid pixels, in metres or normalised units; zero when none is valid."""
     pred = pred.float()[:, 0]
-    target = depth_target(depth, focal, focal_ref)
+    target = depth_target(depth, scale)
     weight = valid.to(pred.dtype)
     return ((pred - target).abs() * weight).sum() / weight.sum().clamp(min=1.0)
 
@@ -125,12 +149,12 @@ GRADIENT_SCALES = 4
 
 
 def gradient_matching_loss(pred: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor,
-                           focal: torch.Tensor, focal_ref: float | None, floor: float) -> torch.Tensor:
+                           scale: torch.Tensor | None, floor: float) -> torch.Tensor:
     """Multi-scale gradient matching on log depth (MegaDepth, Eq. 3): with R = log d̂ − log d,
     the mean over scales of Σ|∂x R| + |∂y R| over pairs of valid neighbours, divided by the number
     of valid pixels; zero when none is valid. Predictions are clamped at ``floor`` before the log."""
     pred = pred.float()[:, 0].clamp(min=floor)
-    target = depth_target(depth, focal, focal_ref).clamp(min=floor)
+    target = depth_target(depth, scale).clamp(min=floor)
     residual = torch.log(pred) - torch.log(target)
     mask = valid.to(residual.dtype)
     total = residual.new_zeros(())
@@ -143,17 +167,18 @@ def gradient_matching_loss(pred: torch.Tensor, depth: torch.Tensor, valid: torch
     return total / GRADIENT_SCALES
 
 
-def task_loss(task: str, output: torch.Tensor, batch: dict[str, torch.Tensor], focal_ref: float | None,
+def task_loss(task: str, output: torch.Tensor, batch: dict[str, torch.Tensor], ref: DepthRef | None,
               class_weight: torch.Tensor | None = None, gradient_weight: float = 0.0,
               min_depth: float = 0.5) -> torch.Tensor:
     """The loss of a task network's output on a batch of FrameDataset samples (``gradient_weight``:
     the depth loss's gradient-matching term, off by default as in the paper)."""
     if task == "semantic":
         return semantic_loss(output, batch["semantic"], class_weight)
-    loss = depth_loss(output, batch["depth"], batch["depth_valid"], batch["focal"], focal_ref)
+    scale = depth_scale(batch, ref)
+    loss = depth_loss(output, batch["depth"], batch["depth_valid"], scale)
     if gradient_weight > 0:
         loss = loss + gradient_weight * gradient_matching_loss(
-            output, batch["depth"], batch["depth_valid"], batch["focal"], focal_ref, min_depth)
+            output, batch["depth"], batch["depth_valid"], scale, min_depth)
     return loss
 
 
@@ -214,10 +239,10 @@ class _StageModule(L.LightningModule):
 class TaskModule(_StageModule):
     """Trains a task network N = D∘E (N1, N2 or the Oracle) with its task loss."""
 
-    def __init__(self, exp: Experiment, task: str, max_steps: int, focal_ref: float | None = None) -> None:
+    def __init__(self, exp: Experiment, task: str, max_steps: int, depth_ref: DepthRef | None = None) -> None:
         super().__init__(exp, max_steps)
         self.task = task
-        self.focal_ref = focal_ref if task == "depth" else None
+        self.depth_ref = depth_ref if task == "depth" else None
         self.gradient_weight = float(exp.depth.gradient_loss) if task == "depth" else 0.0
         self.min_depth = float(exp.depth.min_depth)
         self.net = TaskNet(task, exp.model.depth, exp.model.norm, exp.model.feature_level,
@@ -231,7 +256,7 @@ class TaskModule(_StageModule):
         return self.net(x)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = task_loss(self.task, self.net(self._input(batch)), batch, self.focal_ref,
+        loss = task_loss(self.task, self.net(self._input(batch)), batch, self.depth_ref,
                          gradient_weight=self.gradient_weight, min_depth=self.min_depth)
         return self._finish(loss)
 
@@ -246,7 +271,7 @@ class TransferModule(_StageModule):
     """
 
     def __init__(self, exp: Experiment, e1: Encoder, e2: Encoder, max_steps: int,
-                 d2: nn.Module | None = None, focal_ref: float | None = None,
+                 d2: nn.Module | None = None, depth_ref: DepthRef | None = None,
                  class_weight: torch.Tensor | None = None) -> None:
         super().__init__(exp, max_steps)
         self.task_weight = float(exp.transfer.task_loss)
@@ -258,7 +283,7 @@ class TransferModule(_StageModule):
         for p in (p for m in frozen for p in m.parameters()):
             p.requires_grad_(False)
         self.task2 = exp.task2
-        self.focal_ref = focal_ref if exp.task2 == "depth" else None
+        self.depth_ref = depth_ref if exp.task2 == "depth" else None
         self.register_buffer("class_weight", class_weight, persistent=False)
         self.g = TransferNet(e1.out_channels, exp.model.norm, exp.model.transfer_hidden, e2.out_channels)
         if self.channels_last:
@@ -285,7 +310,7 @@ class TransferModule(_StageModule):
         loss = feature_loss
         if self.d2 is not None:
             output = self.d2(mapped, (x.shape[-2], x.shape[-1]))  # Eq. 4 after G: D2(G(E1(x)))
-            through_d2 = task_loss(self.task2, output, batch, self.focal_ref, self.class_weight)
+            through_d2 = task_loss(self.task2, output, batch, self.depth_ref, self.class_weight)
             loss = feature_loss + self.task_weight * through_d2
             self.log("eq3", feature_loss)
             self.log("task", through_d2)

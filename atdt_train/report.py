@@ -129,8 +129,14 @@ def render_report(results: dict[str, Any]) -> str:
     labels = method_labels(cfg)
     if "depth" in (task1, task2):
         dep = cfg["depth"]
-        lines.append(f"- Depth: metrics on ground truth in ({dep['min_depth']}, {dep['max_depth']}) m; focal "
-                     f"normalisation {'on (f_ref = %.1f px)' % results['focal_ref'] if dep['focal_normalised'] else 'off'}")
+        if dep.get("height_normalised") and results.get("height_ref") is not None:
+            units = (f"focal x height normalisation on (f_ref = {results['focal_ref']:.1f} px, "
+                     f"h_ref = {results['height_ref']:.2f} m)")
+        elif dep["focal_normalised"]:
+            units = f"focal normalisation on (f_ref = {results['focal_ref']:.1f} px)"
+        else:
+            units = "focal normalisation off"
+        lines.append(f"- Depth: metrics on ground truth in ({dep['min_depth']}, {dep['max_depth']}) m; {units}")
     training = results.get("training", {})
     if training:
         total = sum(t.get("seconds", 0.0) for t in training.values())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ from .runtime import adapt_to_machine, configure_threads, global_rank, quiet_lig
 if TYPE_CHECKING:
     import torch
 
+    from .lit import DepthRef
     from .models import TaskNet, TransferNet
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,8 @@ def make_dataset(exp: Experiment, domain: str, split: str, train: bool = False):
     if path is None:
         raise ConfigError(f"domains.{domain}.{split}: no filelist given")
     return FrameDataset(path, kind=d.kind, size=(exp.data.height, exp.data.width),
-                        augment=train and exp.data.flip, cache=exp.data.cache)
+                        augment=train and exp.data.flip, cache=exp.data.cache,
+                        camera_height=d.camera_height)
 
 
 def train_loader(exp: Experiment, domains: tuple[str, ...]):
@@ -141,6 +144,30 @@ def resolve_focal_ref(exp: Experiment) -> float | None:
     focal = float(make_dataset(exp, "A", "train").load(0)[3])
     atomic_write(record, json.dumps({"focal_ref": focal}) + "\n")
     return focal
+
+
+def resolve_height_ref(exp: Experiment) -> float | None:
+    """h_ref (m) of height-normalised depth (None when off): configured, or the camera height of
+    A's first training frame. Checks that the first frame of every split in use has a camera
+    height, so a dataset without one fails here, naming the key to set, not mid-training."""
+    if not exp.depth.height_normalised:
+        return None
+    for domain, split in (("A", "train"), ("A", "test"), ("B", "train"), ("B", "test")):
+        if math.isnan(make_dataset(exp, domain, split).camera_height(0)):
+            raise ConfigError(f"depth.height_normalised: {getattr(getattr(exp.domains, domain), split)} "
+                              f"(domains.{domain}.{split}) records no camera height; set "
+                              f"domains.{domain}.camera_height (metres above the road)")
+    if exp.depth.height_ref is not None:
+        return float(exp.depth.height_ref)
+    return make_dataset(exp, "A", "train").camera_height(0)
+
+
+def resolve_depth_ref(exp: Experiment) -> DepthRef | None:
+    """The reference camera of normalised depth (None: depth in metres)."""
+    from .lit import DepthRef
+
+    focal = resolve_focal_ref(exp)
+    return None if focal is None else DepthRef(focal, resolve_height_ref(exp))
 
 
 # ----------------------------------------------------------------------------- training
@@ -226,7 +253,7 @@ def _train_stage(exp: Experiment, name: str, folder: Path) -> dict[str, Any]:
     configure_threads(exp)
     adapt_to_machine(exp)
     L.seed_everything(exp.seed, workers=True, verbose=False)
-    focal_ref = resolve_focal_ref(exp)
+    depth_ref = resolve_depth_ref(exp)
     loader = None
     if name == "st":
         module, loader = _selftrain_setup(exp, folder, steps)
@@ -243,9 +270,9 @@ def _train_stage(exp: Experiment, name: str, folder: Path) -> dict[str, Any]:
             weight = inverse_sqrt_weights(class_pixel_counts(exp, "A"))
             log.info("stage g: class weights %s", " ".join(f"{w:.2f}" for w in weight.tolist()))
         module: L.LightningModule = TransferModule(exp, e1, n2.encoder, steps, d2=n2.decoder,
-                                                   focal_ref=focal_ref, class_weight=weight)
+                                                   depth_ref=depth_ref, class_weight=weight)
     else:
-        module = TaskModule(exp, task, steps, focal_ref)
+        module = TaskModule(exp, task, steps, depth_ref)
     if loader is None:
         loader = train_loader(exp, domains)
     started = time.monotonic()
@@ -388,6 +415,8 @@ def load_networks(cfg_or_path: Experiment | str | os.PathLike) -> tuple["TaskNet
         "depth": {
             "focal_normalised": exp.depth.focal_normalised,
             "focal_ref": resolve_focal_ref(exp),
+            "height_normalised": exp.depth.height_normalised,
+            "height_ref": resolve_height_ref(exp),
             "min_depth": exp.depth.min_depth,
             "max_depth": exp.depth.max_depth,
         },

@@ -57,8 +57,9 @@ def exported_chain(tmp_path_factory) -> Path:
 
 
 def write_tiny_domain(root: Path, domain: str, frames: int = 2, size: tuple[int, int] = (32, 64),
-                      fx: float = 50.0) -> dict[str, str]:
-    """Train/test splits in the ``atdt_train simulate`` layout: road below sky, a box per frame."""
+                      fx: float = 50.0, mount_height: float | None = None) -> dict[str, str]:
+    """Train/test splits in the ``atdt_train simulate`` layout: road below sky, a box per frame
+    (``mount_height``: the camera height camera.json records; None: none)."""
     h, w = size
     rng = np.random.default_rng(ord(domain))
     tint = np.array((30, 0, 0) if domain == "A" else (0, 0, 30), np.int16)
@@ -75,12 +76,12 @@ def write_tiny_domain(root: Path, domain: str, frames: int = 2, size: tuple[int,
         rgb = np.clip(rgb + rng.integers(-8, 9, rgb.shape), 0, 255).astype(np.uint8)
         return rgb, sem, depth
 
-    return {split: write_sim_split(root, split, [frame() for _ in range(frames)], fx, domain)
+    return {split: write_sim_split(root, split, [frame() for _ in range(frames)], fx, domain, mount_height)
             for split in ("train", "test")}
 
 
 def write_sim_split(root: Path, split: str, frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                    fx: float, domain: str) -> str:
+                    fx: float, domain: str, mount_height: float | None = None) -> str:
     """Write (RGB uint8, class ids uint8, depth metres float32) frames as one split of the
     ``atdt_train simulate`` layout under ``root``; returns the filelist's path."""
     import json
@@ -91,8 +92,10 @@ def write_sim_split(root: Path, split: str, frames: list[tuple[np.ndarray, np.nd
     base = root / split
     for sub in ("rgb", "semantic", "depth"):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    (base / "camera.json").write_text(json.dumps(
-        {"fx": fx, "fy": fx, "cx": w / 2, "cy": h / 2, "width": w, "height": h, "baseline": 0.5}))
+    camera = {"fx": fx, "fy": fx, "cx": w / 2, "cy": h / 2, "width": w, "height": h, "baseline": 0.5}
+    if mount_height is not None:
+        camera["mount_height_m"] = mount_height
+    (base / "camera.json").write_text(json.dumps(camera))
     lines = []
     for i, (rgb, sem, depth) in enumerate(frames):
         name = f"{i:06d}.png"

@@ -51,6 +51,9 @@ def test_sample_values_at_native_size(tmp_path: Path) -> None:
     assert s["depth_valid"].dtype == torch.bool
     assert not s["depth_valid"][-1].any() and s["depth_valid"][:-1].all()
     assert s["focal"].dtype == torch.float32 and float(s["focal"]) == 20.0
+    assert torch.isnan(s["camera_height"])  # this camera.json records no mount height
+    assert float(FrameDataset(make_sim_split(tmp_path), camera_height=1.4)[0]["camera_height"]) \
+        == pytest.approx(1.4)  # the default given, where the dataset has none
 
 
 def test_resize_scales_focal_and_keeps_labels_exact(tmp_path: Path) -> None:

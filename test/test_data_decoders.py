@@ -36,7 +36,8 @@ def test_cityscapes_labels_disparity_and_camera(tmp_path: Path) -> None:
     disp = write(tmp_path / f"disparity/train/aachen/{stem}_disparity.png", raw)
     cam = tmp_path / f"camera/train/aachen/{stem}_camera.json"
     cam.parent.mkdir(parents=True)
-    cam.write_text(json.dumps({"extrinsic": {"baseline": 0.25}, "intrinsic": {"fx": 2000.0, "fy": 2000.0}}))
+    cam.write_text(json.dumps({"extrinsic": {"baseline": 0.25, "z": 1.22},
+                               "intrinsic": {"fx": 2000.0, "fy": 2000.0}}))
 
     decoder = get_decoder("cityscapes")
     frame = Frame(rgb, None, sem, disp)
@@ -49,6 +50,7 @@ def test_cityscapes_labels_disparity_and_camera(tmp_path: Path) -> None:
     assert frames == [Frame(rgb, frames[0].right, sem, disp)] and frames[0].right is not None
     sample = FrameDataset(frames, kind="cityscapes")[0]
     assert float(sample["focal"]) == 2000.0
+    assert float(sample["camera_height"]) == pytest.approx(1.22)  # extrinsic.z: metres above the road
 
     cam.unlink()
     with pytest.raises(DatasetError, match="camera JSON"):
@@ -103,6 +105,8 @@ def test_kitti_depth_disparity_and_semantics(tmp_path: Path) -> None:
 
     frames = scan_dataset("kitti", tmp_path, ["training"])
     assert frames[0].semantic == sem and frames[0].depth == disp and frames[0].right is not None
+    sample = FrameDataset(frames, kind="kitti")[0]
+    assert float(sample["camera_height"]) == pytest.approx(1.65)  # KITTI's colour cameras
 
 
 def test_synthia_sf_labels_and_depth(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ def _batch(depth, valid=None):
 
 def _loss(pred, batch):
     return float(gradient_matching_loss(torch.tensor(pred, dtype=torch.float32)[None, None], batch["depth"],
-                                        batch["depth_valid"], batch["focal"], None, 0.5))
+                                        batch["depth_valid"], None, 0.5))
 
 
 def test_one_depth_edge_by_hand():

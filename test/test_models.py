@@ -156,11 +156,11 @@ def _overfit(module, loss_fn, steps=25, lr=1e-3):
 
 def test_overfitting_drives_each_loss_down():
     torch.manual_seed(0)
-    x, sem, depth, valid, focal = _frames(n=2)
+    x, sem, depth, valid, _ = _frames(n=2)
     n_sem, n_dep = TaskNet("semantic", 18), TaskNet("depth", 18)
     sem_losses = _overfit(n_sem, lambda: semantic_loss(n_sem(x), sem))
     assert sem_losses[-1] < 0.3 * sem_losses[0]
-    dep_losses = _overfit(n_dep, lambda: depth_loss(n_dep(x), depth, valid, focal, None), lr=3e-3)
+    dep_losses = _overfit(n_dep, lambda: depth_loss(n_dep(x), depth, valid, None), lr=3e-3)
     assert dep_losses[-1] < 0.3 * dep_losses[0]
     # Eq. 3: G learns to map the (fixed) E1 features to the (fixed) E2 features
     n_sem.eval(), n_dep.eval()
@@ -177,6 +177,6 @@ def test_losses_ignore_unlabelled_pixels():
     pred = torch.full((1, 1, 2, 2), 3.0)
     depth = torch.tensor([[[1.0, 2.0], [0.0, 10.0]]])
     valid = depth > 0
-    assert float(depth_loss(pred, depth, valid, torch.ones(1), None)) == pytest.approx((2 + 1 + 7) / 3)
-    # focal-normalised units: target' = depth * f_ref / f_frame
-    assert float(depth_loss(pred, depth, valid, torch.tensor([2.0]), 4.0)) == pytest.approx((1 + 1 + 17) / 3)
+    assert float(depth_loss(pred, depth, valid, None)) == pytest.approx((2 + 1 + 7) / 3)
+    # focal-normalised units: target' = depth / scale, scale = f_frame / f_ref = 2 / 4
+    assert float(depth_loss(pred, depth, valid, torch.tensor([0.5]))) == pytest.approx((1 + 1 + 17) / 3)

@@ -141,6 +141,7 @@ def test_simulate_writes_the_dataset_layout(tmp_path):
     camera = json.loads((tmp_path / "train" / "camera.json").read_text())
     assert camera["width"] == 96 and camera["height"] == 48 and camera["baseline"] == 0.54
     assert camera["fx"] == pytest.approx(48.0)  # 90 degrees across 96 pixels
+    assert camera["mount_height_m"] == pytest.approx(2.1)  # the middle of the preset's 1.9-2.3 m
     import yaml
 
     meta = yaml.safe_load((tmp_path / "dataset.yaml").read_text())

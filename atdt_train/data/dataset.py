@@ -2,8 +2,9 @@
 
 Each sample is a dict: ``image`` float32 (3, H, W) normalised with ImageNet mean/std,
 ``semantic`` int64 (H, W) with 255 = ignore, ``depth`` float32 (H, W) metres with 0 = invalid,
-``depth_valid`` bool (H, W), ``focal`` float32 (fx in pixels at the returned resolution) and
-``index``. Missing labels come back as all-ignore / all-invalid, so mixed lists batch together.
+``depth_valid`` bool (H, W), ``focal`` float32 (fx in pixels at the returned resolution),
+``camera_height`` float32 (the camera's height above the road in metres; NaN where neither the
+dataset nor ``camera_height=`` gives it) and ``index``. Missing labels come back as all-ignore / all-invalid, so mixed lists batch together.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class FrameDataset(Dataset):
     nearest); ``crop`` (h, w) then cuts a window: random with ``augment``, central otherwise.
     ``augment`` also flips horizontally with probability 0.5. ``cache`` keeps decoded, resized
     frames in memory (use it with ``num_workers=0``: every worker holds its own copy).
-    ``fx``/``baseline`` are used where the dataset itself gives no camera.
+    ``fx``/``baseline``/``camera_height`` are used where the dataset itself gives no camera
+    (``camera_height``: metres above the road, for height-normalised depth).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class FrameDataset(Dataset):
         cache: bool = False,
         fx: float | None = None,
         baseline: float | None = None,
+        camera_height: float | None = None,
     ) -> None:
         if isinstance(filelist, (str, os.PathLike)):
             self.source = str(filelist)
@@ -81,6 +84,7 @@ class FrameDataset(Dataset):
             raise DatasetError(f"filelist {self.source} holds no frames")
         self.kind = kind
         self.decoder: Decoder = get_decoder(kind, fx, baseline)
+        self.default_camera_height = camera_height
         self.size = _pair(size, "size")
         self.crop = _pair(crop, "crop")
         if self.crop and self.size and (self.crop[0] > self.size[0] or self.crop[1] > self.size[1]):
@@ -126,6 +130,14 @@ class FrameDataset(Dataset):
             self.cache[index] = item
         return item
 
+    def camera_height(self, index: int) -> float:
+        """The camera's height above the road (m) for frame ``index``: the dataset's, else the
+        ``camera_height`` given, else NaN."""
+        camera = self.decoder.camera(self.frames[index], 0)
+        if camera is not None and camera.mount_height is not None:
+            return float(camera.mount_height)
+        return float("nan") if self.default_camera_height is None else float(self.default_camera_height)
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         if not 0 <= index < len(self.frames):
             raise IndexError(f"index {index} out of range for {len(self.frames)} frames")
@@ -141,6 +153,7 @@ class FrameDataset(Dataset):
             "depth": torch.from_numpy(depth),
             "depth_valid": torch.from_numpy(depth > 0),
             "focal": torch.tensor(fx, dtype=torch.float32),
+            "camera_height": torch.tensor(self.camera_height(index), dtype=torch.float32),
             "index": index,
         }
 

@@ -147,7 +147,9 @@ def encode_depth_png256(depth: np.ndarray) -> np.ndarray:
 class Camera:
     """A frame's camera: focal length (pixels) and baseline (m), which decoding needs, and fy and
     the principal point (cx, cy) where the dataset gives them (None: not given). All in pixels at
-    the size the camera file describes (``width`` x ``height``; None: the image's own size)."""
+    the size the camera file describes (``width`` x ``height``; None: the image's own size).
+    ``mount_height``: the camera's height above the road in metres, where the dataset gives it
+    (height-normalised depth, ``depth.height_normalised``, needs it)."""
 
     fx: float
     baseline: float | None = None
@@ -156,6 +158,7 @@ class Camera:
     cx: float | None = None
     cy: float | None = None
     height: int | None = None
+    mount_height: float | None = None
 
 
 @dataclass(frozen=True)
@@ -277,6 +280,7 @@ class SimDecoder(Decoder):
                     None if width_ is None else int(width_),
                     fy=_optional_number(data, ("fy",), candidate), cx=_optional_number(data, ("cx",), candidate),
                     cy=_optional_number(data, ("cy",), candidate), height=None if height_ is None else int(height_),
+                    mount_height=_optional_number(data, ("mount_height_m",), candidate),
                 )
         return super().camera(frame, width)
 
@@ -321,7 +325,8 @@ def decode_rgb24_depth(bgr: np.ndarray, far_m: float) -> np.ndarray:
 
 
 class CityscapesDecoder(Decoder):
-    """Cityscapes: gtFine labelIds, disparity PNG (p - 1) / 256, per-image camera JSON."""
+    """Cityscapes: gtFine labelIds, disparity PNG (p - 1) / 256, per-image camera JSON (its
+    ``extrinsic.z``, the camera's height above the road, is the frame's ``mount_height``)."""
 
     kind = "cityscapes"
 
@@ -343,7 +348,8 @@ class CityscapesDecoder(Decoder):
                           _number(data, ("extrinsic", "baseline"), path), None,
                           fy=_optional_number(data, ("intrinsic", "fy"), path),
                           cx=_optional_number(data, ("intrinsic", "u0"), path),
-                          cy=_optional_number(data, ("intrinsic", "v0"), path))
+                          cy=_optional_number(data, ("intrinsic", "v0"), path),
+                          mount_height=_optional_number(data, ("extrinsic", "z"), path))
         return super().camera(frame, width)
 
     def depth(self, path: Path, frame: Frame) -> np.ndarray:
@@ -370,6 +376,7 @@ class KittiDecoder(Decoder):
     kind = "kitti"
     DEFAULT_FX = 721.5377
     DEFAULT_BASELINE = 0.54
+    MOUNT_HEIGHT = 1.65  # the colour cameras' height above the road (Geiger et al., IJRR 2013, Fig. 3)
 
     def __init__(self, fx: float | None = None, baseline: float | None = None) -> None:
         super().__init__(self.DEFAULT_FX if fx is None else fx,
@@ -386,6 +393,9 @@ class KittiDecoder(Decoder):
         if raw.ndim != 2 or raw.dtype != np.uint16:
             raise DatasetError(f"disparity file {path} must be a single-channel uint16 PNG, got {raw.dtype} {raw.shape}")
         return depth_from_disparity(raw.astype(np.float32) / 256.0, self.default_fx, self.default_baseline)
+
+    def camera(self, frame: Frame, width: int) -> Camera | None:
+        return Camera(self.default_fx, self.default_baseline, None, mount_height=self.MOUNT_HEIGHT)  # type: ignore[arg-type]
 
 
 class SynthiaDecoder(Decoder):

@@ -114,8 +114,11 @@ def simulate(domain: str, frames: int, size: tuple[int, int], split: str, seed: 
     split_dir = out / split
     for sub in ("rgb", "semantic", "depth") + (("right",) if stereo else ()):
         (split_dir / sub).mkdir(parents=True, exist_ok=True)
+    # mount_height_m: the nominal height above the road (the middle of the preset's range; each
+    # frame's own height varies around it, as a car's does with load and suspension)
     camera = dict(intrinsics(preset.camera.hfov_deg, width, height), width=width,
-                  height=height, baseline=preset.camera.baseline_m)
+                  height=height, baseline=preset.camera.baseline_m,
+                  mount_height_m=round(sum(preset.camera.height_m) / 2.0, 4))
     _record_dataset(out, preset, split, seed, size, frames, stereo, camera)
     atomic_write(split_dir / "camera.json", (json.dumps(camera, indent=2) + "\n").encode())
 
