@@ -129,6 +129,22 @@ class Transfer:
 
 
 @dataclass
+class Auxiliary:
+    """Auxiliary tasks of N1 and N2 (beyond the paper; off by default). ``edges`` > 0 adds, with
+    that weight, an image-edge loss on each encoder's output E(x) (the features G maps): a small
+    head predicts where the input image has edges (the top ``edge_fraction`` of its Sobel
+    gradient magnitudes), so both feature spaces keep fine detail, such as poles and signs, and
+    share a structure G can map (the authors' TPAMI 2023 extension, "Learning good features to
+    transfer across tasks and domains", Sec. 4). Edges come from the image itself, so they need no
+    label and exist in A and B alike. The head is trained with the network and not kept: the
+    stored N1 and N2, and the exported chain, are as without it.
+    """
+
+    edges: float = 0.0
+    edge_fraction: float = 0.1
+
+
+@dataclass
 class SelfTrain:
     """Stage ``st`` (beyond the paper, on when ``steps.st`` > 0): G and D2 refined on B with AT/DT's
     own predictions as pseudo-labels, while E1 stays frozen, so the deployed chain is still one E1
@@ -204,6 +220,7 @@ class Experiment:
     steps: Steps = field(default_factory=Steps)
     optimizer: Optimizer = field(default_factory=Optimizer)
     transfer: Transfer = field(default_factory=Transfer)
+    auxiliary: Auxiliary = field(default_factory=Auxiliary)
     selftrain: SelfTrain = field(default_factory=SelfTrain)
     depth: DepthOptions = field(default_factory=DepthOptions)
     trainer: Trainer = field(default_factory=Trainer)
@@ -277,6 +294,10 @@ def _validate(exp: Experiment) -> None:
                           f"of {exp.direction} is {exp.task2}; accepted: steps.st: 0, or direction: dep2sem")
     positive("optimizer.lr", exp.optimizer.lr)
     positive("transfer.task_loss", exp.transfer.task_loss, allow_zero=True)
+    positive("auxiliary.edges", exp.auxiliary.edges, allow_zero=True)
+    if not 0 < exp.auxiliary.edge_fraction < 1:
+        raise ConfigError(f"auxiliary.edge_fraction: the share of pixels taken as edges, need "
+                          f"0 < edge_fraction < 1, got {exp.auxiliary.edge_fraction}")
     if exp.transfer.class_weights != "none" and exp.task2 != "semantic":
         raise ConfigError(f"transfer.class_weights: {exp.transfer.class_weights!r} weights classes of "
                           f"semantic segmentation, but task 2 of {exp.direction} is {exp.task2}; accepted: 'none'")

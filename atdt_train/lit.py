@@ -15,7 +15,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 
-from atdt_ros.artifact import metres_per_unit
+from atdt_ros.artifact import IMAGE_MEAN, IMAGE_STD, metres_per_unit
 from atdt_ros.classmap import UNLABELED
 from atdt_ros.files import atomic_path
 
@@ -182,6 +182,50 @@ def task_loss(task: str, output: torch.Tensor, batch: dict[str, torch.Tensor], r
     return loss
 
 
+EDGE_STRIDE = 4
+"""Resolution of the auxiliary edge targets: 1/4 of the input (an edge anywhere in a 4x4 cell)."""
+
+
+def image_edges(image: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Edge targets (N, 1, ceil(H/4), ceil(W/4)) in {0, 1} of normalised images (N, 3, H, W): the
+    pixels among each image's top ``fraction`` of Sobel gradient magnitudes (of the grey image,
+    ImageNet normalisation undone; pixels tied with the threshold included), max-pooled to 1/4.
+    A flat image has none."""
+    x = image.float()
+    mean = x.new_tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(IMAGE_STD).view(1, 3, 1, 1)
+    grey = (x * std + mean).mean(1, keepdim=True)
+    kx = x.new_tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+    grad = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), torch.stack([kx, kx.t()]).unsqueeze(1))
+    magnitude = grad.pow(2).sum(1, keepdim=True).sqrt()
+    threshold = torch.quantile(magnitude.flatten(1), 1.0 - fraction, dim=1).view(-1, 1, 1, 1)
+    # ties at the threshold count; below 1e-4 (a twentieth of one grey level's step) is rounding
+    edges = ((magnitude >= threshold) & (magnitude > 1e-4)).to(x.dtype)
+    return F.max_pool2d(edges, EDGE_STRIDE, ceil_mode=True)
+
+
+class EdgeHead(nn.Module):
+    """The auxiliary edge head on an encoder's output (``auxiliary.edges``): two convolutions to
+    one logit per feature cell, up-sampled to the edge targets' size. Training only."""
+
+    def __init__(self, channels: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(inplace=True),
+                                 nn.Conv2d(hidden, 1, 1))
+
+    def forward(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(self.net(features), size=size, mode="bilinear", align_corners=False)
+
+
+def edge_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of edge logits, edges weighted by the batch's non-edge / edge ratio
+    (so the rarer class counts as much); zero weight on edges when the batch has none."""
+    target = target.to(logits.dtype)
+    positives = target.sum()
+    pos_weight = ((target.numel() - positives) / positives.clamp(min=1.0)).detach()
+    return F.binary_cross_entropy_with_logits(logits.float(), target.float(), pos_weight=pos_weight.float())
+
+
 def decoder_widths(exp: Experiment) -> tuple[int, ...]:
     """The experiment's decoder widths (``model.decoder_widths`` or the default)."""
     return tuple(exp.model.decoder_widths) if exp.model.decoder_widths else DECODER_WIDTHS
@@ -239,7 +283,8 @@ class _StageModule(L.LightningModule):
 class TaskModule(_StageModule):
     """Trains a task network N = D∘E (N1, N2 or the Oracle) with its task loss."""
 
-    def __init__(self, exp: Experiment, task: str, max_steps: int, depth_ref: DepthRef | None = None) -> None:
+    def __init__(self, exp: Experiment, task: str, max_steps: int, depth_ref: DepthRef | None = None,
+                 edge_weight: float = 0.0) -> None:
         super().__init__(exp, max_steps)
         self.task = task
         self.depth_ref = depth_ref if task == "depth" else None
@@ -249,15 +294,26 @@ class TaskModule(_StageModule):
                            decoder_widths(exp))
         if exp.model.init:
             self.net.load_imagenet(exp.model.init)
+        # auxiliary.edges: a head beside the network, so the stored N (self.net) is as without it
+        self.edge_weight = float(edge_weight)
+        self.edge_fraction = float(exp.auxiliary.edge_fraction)
+        self.edge_head = EdgeHead(self.net.encoder.out_channels) if self.edge_weight > 0 else None
         if self.channels_last:
-            self.net.to(memory_format=torch.channels_last)
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = task_loss(self.task, self.net(self._input(batch)), batch, self.depth_ref,
-                         gradient_weight=self.gradient_weight, min_depth=self.min_depth)
+        x = self._input(batch)
+        features = self.net.encoder(x)
+        loss = task_loss(self.task, self.net.decoder(features, (x.shape[-2], x.shape[-1])), batch,
+                         self.depth_ref, gradient_weight=self.gradient_weight, min_depth=self.min_depth)
+        if self.edge_head is not None:
+            target = image_edges(batch["image"], self.edge_fraction)
+            edges = edge_loss(self.edge_head(features, (target.shape[-2], target.shape[-1])), target)
+            self.log("edges", edges)
+            loss = loss + self.edge_weight * edges
         return self._finish(loss)
 
 

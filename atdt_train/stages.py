@@ -272,7 +272,9 @@ def _train_stage(exp: Experiment, name: str, folder: Path) -> dict[str, Any]:
         module: L.LightningModule = TransferModule(exp, e1, n2.encoder, steps, d2=n2.decoder,
                                                    depth_ref=depth_ref, class_weight=weight)
     else:
-        module = TaskModule(exp, task, steps, depth_ref)
+        # the auxiliary edge task shapes the feature spaces G maps: N1 and N2, not the Oracle
+        edges = exp.auxiliary.edges if name != "oracle" else 0.0
+        module = TaskModule(exp, task, steps, depth_ref, edge_weight=edges)
     if loader is None:
         loader = train_loader(exp, domains)
     started = time.monotonic()

@@ -189,6 +189,8 @@ def stage_key(exp: Experiment, stage: str) -> str:
         config["domains"] = {d: config["domains"][d] for d in domains}  # N2 never sees B
         if task == "semantic":  # depth settings train only depth networks
             config.pop("depth")
+        if stage == "oracle":  # the auxiliary tasks shape N1 and N2 only
+            config.pop("auxiliary")
         config["task"], config["on"] = task, list(domains)
     text = json.dumps({"stage": stage, "config": config}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
