@@ -219,11 +219,11 @@ class EdgeHead(nn.Module):
 
 def edge_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of edge logits, edges weighted by the batch's non-edge / edge ratio
-    (so the rarer class counts as much); zero weight on edges when the batch has none."""
-    target = target.to(logits.dtype)
+    (so the rarer class counts as much)."""
+    target = target.float()
     positives = target.sum()
     pos_weight = ((target.numel() - positives) / positives.clamp(min=1.0)).detach()
-    return F.binary_cross_entropy_with_logits(logits.float(), target.float(), pos_weight=pos_weight.float())
+    return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=pos_weight)
 
 
 def decoder_widths(exp: Experiment) -> tuple[int, ...]:

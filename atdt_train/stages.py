@@ -152,14 +152,16 @@ def resolve_height_ref(exp: Experiment) -> float | None:
     height, so a dataset without one fails here, naming the key to set, not mid-training."""
     if not exp.depth.height_normalised:
         return None
+    first = {}
     for domain, split in (("A", "train"), ("A", "test"), ("B", "train"), ("B", "test")):
-        if math.isnan(make_dataset(exp, domain, split).camera_height(0)):
+        first[domain, split] = make_dataset(exp, domain, split).camera_height(0)
+        if math.isnan(first[domain, split]):
             raise ConfigError(f"depth.height_normalised: {getattr(getattr(exp.domains, domain), split)} "
                               f"(domains.{domain}.{split}) records no camera height; set "
                               f"domains.{domain}.camera_height (metres above the road)")
     if exp.depth.height_ref is not None:
         return float(exp.depth.height_ref)
-    return make_dataset(exp, "A", "train").camera_height(0)
+    return first["A", "train"]
 
 
 def resolve_depth_ref(exp: Experiment) -> DepthRef | None:
