@@ -61,7 +61,7 @@ def weights_record(exp: Experiment, module: Any) -> dict[str, Any]:
     g = module.g
     hidden = g.down[0][0].out_channels
     g_record = {"kind": "transfer_net", "channels": g.channels, "out_channels": g.out_channels,
-                "hidden": hidden, "norm": m.norm, "state_dict": cpu(g.state_dict())}
+                "hidden": hidden, "down": g.down_steps, "norm": m.norm, "state_dict": cpu(g.state_dict())}
     if isinstance(module, SelfTrainModule):
         return {"kind": "selftrained", "g": g_record, "d2": cpu(module.d2.state_dict())}
     return g_record
@@ -112,7 +112,9 @@ def load_transfer_net(exp: Experiment, name: str = "g") -> "TransferNet":
     record = load_weights(weights_path(exp, name))
     if record.get("kind") == "selftrained":
         record = record["g"]
-    g = TransferNet(record["channels"], record["norm"], record["hidden"], record["out_channels"])
+    # records written before transfer_down existed hold the paper's G (two halvings)
+    g = TransferNet(record["channels"], record["norm"], record["hidden"], record["out_channels"],
+                    record.get("down", 2))
     g.load_state_dict(record["state_dict"])
     return g.eval()
 

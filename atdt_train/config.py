@@ -52,6 +52,7 @@ class Model:
     norm: Literal["batch", "group", "none"] = "batch"
     init: str | None = None  # torchvision ImageNet checkpoint for the encoders
     transfer_hidden: int | None = None  # G's width (default: min(channels, 512))
+    transfer_down: Literal[0, 1, 2] = 2  # G's halvings: 2 = to 1/4 and back (the paper), 1, 0
     decoder_widths: list | None = None  # one conv block per scale from 1/16 (default [128, 64, 32, 32])
 
 

@@ -341,7 +341,8 @@ class TransferModule(_StageModule):
         self.task2 = exp.task2
         self.depth_ref = depth_ref if exp.task2 == "depth" else None
         self.register_buffer("class_weight", class_weight, persistent=False)
-        self.g = TransferNet(e1.out_channels, exp.model.norm, exp.model.transfer_hidden, e2.out_channels)
+        self.g = TransferNet(e1.out_channels, exp.model.norm, exp.model.transfer_hidden, e2.out_channels,
+                             exp.model.transfer_down)
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
         self.train()

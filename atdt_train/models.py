@@ -8,8 +8,8 @@
   and convolution blocks (widths configurable, ``decoder_widths``) and a last layer of 11 filters
   (semantic) or 1 (depth), up-sampled bilinearly to full resolution.
 - ``TaskNet`` N = D∘E.
-- ``TransferNet`` G: convolutions down to 1/4 of its input resolution and deconvolutions back,
-  mapping E1 features to E2 features of the same shape.
+- ``TransferNet`` G: convolutions down to 1/4 of its input resolution and deconvolutions back
+  (or less deep, ``down``), mapping E1 features to E2 features of the same shape.
 """
 
 from __future__ import annotations
@@ -318,30 +318,49 @@ def resplit_state_dict(state: dict[str, torch.Tensor], from_level: int, to_level
     return out
 
 
+TRANSFER_DOWNS: tuple[int, ...] = (0, 1, 2)
+
+
 class TransferNet(nn.Module):
-    """G: E1 features -> E2 features, down to 1/4 of the input resolution and back (Sec. 4)."""
+    """G: E1 features -> E2 features through an hourglass of ``down`` halvings (Sec. 4).
+
+    ``down: 2`` is the paper's G: convolutions down to 1/4 of its input resolution and
+    deconvolutions back. E1's features are at 1/16 of the image, so G's bottleneck is 1/64 of it:
+    8x16 cells for a 512x1024 input, 2x4 for 128x256. ``down: 1`` or ``0`` (beyond the paper) keep the layer count and
+    replace each stride-2 convolution by a stride-1 one with dilation 2 and each deconvolution by
+    a 3x3 convolution, so the bottleneck stays at 1/2 or at the input grid.
+    """
 
     def __init__(self, channels: int, norm: Norm = "batch", hidden: int | None = None,
-                 out_channels: int | None = None) -> None:
+                 out_channels: int | None = None, down: int = 2) -> None:
         super().__init__()
         check_choice("norm", norm, NORMS)
+        check_choice("transfer_down", down, TRANSFER_DOWNS)
         hidden = hidden or min(channels, 512)
         out_channels = out_channels or channels
-        self.channels, self.out_channels = channels, out_channels
+        self.channels, self.out_channels, self.down_steps = channels, out_channels, down
 
         def block(conv: nn.Module, c: int) -> nn.Sequential:
             return nn.Sequential(conv, make_norm(norm, c), nn.ReLU(inplace=True))
 
         bias = norm == "none"
+
+        def halve(i: int) -> nn.Module:
+            if i < down:
+                return nn.Conv2d(hidden, hidden, 3, 2, 1, bias=bias)
+            return nn.Conv2d(hidden, hidden, 3, 1, 2, dilation=2, bias=bias)
+
+        def double(i: int) -> nn.Module:
+            if i < down:
+                return nn.ConvTranspose2d(hidden, hidden, 4, 2, 1, bias=bias)
+            return nn.Conv2d(hidden, hidden, 3, 1, 1, bias=bias)
+
         self.down = nn.Sequential(
             block(nn.Conv2d(channels, hidden, 3, 1, 1, bias=bias), hidden),
-            block(nn.Conv2d(hidden, hidden, 3, 2, 1, bias=bias), hidden),
-            block(nn.Conv2d(hidden, hidden, 3, 2, 1, bias=bias), hidden),
+            block(halve(0), hidden),
+            block(halve(1), hidden),
         )
-        self.up = nn.Sequential(
-            block(nn.ConvTranspose2d(hidden, hidden, 4, 2, 1, bias=bias), hidden),
-            block(nn.ConvTranspose2d(hidden, hidden, 4, 2, 1, bias=bias), hidden),
-        )
+        self.up = nn.Sequential(block(double(0), hidden), block(double(1), hidden))
         self.out = nn.Conv2d(hidden, out_channels, 3, 1, 1)
         _init_weights(self)
 

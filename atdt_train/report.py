@@ -27,14 +27,16 @@ def thin_iou(row: dict[str, Any]) -> float:
 
 
 def transfer_name(cfg: dict[str, Any]) -> str:
-    """How G was trained: "Eq. 3 (paper)" or the options beyond the paper, as configured."""
+    """How G was built and trained: "Eq. 3 (paper)" or the options beyond the paper, as configured."""
     t = cfg.get("transfer") or {}
+    down = int((cfg.get("model") or {}).get("transfer_down", 2))
+    shape = "" if down == 2 else f", G with {down} halving{'s' if down != 1 else ''} (paper: 2)"
     if not t or float(t.get("task_loss", 0.0)) == 0.0:
-        return "Eq. 3 (paper)"
+        return "Eq. 3" + shape if shape else "Eq. 3 (paper)"
     name = f"Eq. 3 + {float(t['task_loss']):g} x task loss through D2"
     if t.get("class_weights", "none") != "none":
         name += f", {t['class_weights'].replace('_', '-')} class weights"
-    return name
+    return name + shape
 
 
 def method_labels(cfg: dict[str, Any]) -> dict[str, str]:

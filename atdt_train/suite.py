@@ -160,7 +160,7 @@ def stage_key(exp: Experiment, stage: str) -> str:
 
     Left out: names, output folders, test lists, evaluation and logging settings, for every stage;
     for the task networks also the domains they are not trained on, G's settings (``transfer``,
-    ``model.transfer_hidden``), the self-training settings, the other stages' steps and
+    ``model.transfer_hidden``, ``model.transfer_down``), the self-training settings, the other stages' steps and
     ``model.feature_level`` (where N is cut does not change N); for G the self-training settings.
     """
     from .stages import stage_spec
@@ -184,7 +184,7 @@ def stage_key(exp: Experiment, stage: str) -> str:
         config.pop("transfer")
         config.pop("selftrain")
         config.pop("shared")  # the stage's name says which N1
-        for key in ("feature_level", "transfer_hidden"):
+        for key in ("feature_level", "transfer_hidden", "transfer_down"):
             config["model"].pop(key)
         config["domains"] = {d: config["domains"][d] for d in domains}  # N2 never sees B
         if task == "semantic":  # depth settings train only depth networks

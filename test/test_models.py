@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 from atdt_train.lit import depth_loss, semantic_loss
 from atdt_train.models import Decoder, Encoder, TaskNet, TransferNet, transfer
@@ -74,6 +75,36 @@ def test_transfer_net_odd_sizes_and_norms():
         for h, w in ((5, 7), (8, 16), (3, 3)):
             assert g(torch.randn(2, 64, h, w)).shape == (2, 64, h, w)
     assert TransferNet(64, out_channels=128, hidden=16)(torch.randn(1, 64, 6, 6)).shape == (1, 128, 6, 6)
+
+
+@pytest.mark.parametrize("down", [0, 1, 2])
+def test_transfer_down_sets_the_bottleneck_resolution(down):
+    """G's hourglass: with ``down`` halvings its bottleneck is the input grid / 2**down (the
+    paper's G maps 16x16 features through 4x4 cells), and the output is back on the input grid."""
+    torch.manual_seed(0)
+    g = TransferNet(8, "batch", hidden=16, down=down).eval()
+    assert g.down_steps == down
+    seen = {}
+    g.down.register_forward_hook(lambda m, i, out: seen.update(bottleneck=tuple(out.shape)))
+    x = torch.randn(1, 8, 16, 16)
+    with torch.no_grad():
+        assert g(x).shape == x.shape
+    assert seen["bottleneck"] == (1, 16, 16 >> down, 16 >> down)
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in g.modules()) == down
+    with pytest.raises(ValueError, match="transfer_down=3 is not supported; accepted: 0, 1, 2"):
+        TransferNet(8, down=3)
+
+
+def test_transfer_down_2_is_the_paper_g_with_its_parameter_names():
+    """The default G is unchanged (weights stored before ``down`` existed still load); down 0
+    and 1 keep the same layer names with stride-1 convolutions in place of the halvings."""
+    paper = TransferNet(64, hidden=32)
+    assert [type(m).__name__ for m in paper.up.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))] \
+        == ["ConvTranspose2d", "ConvTranspose2d"]
+    assert paper.down[1][0].stride == (2, 2) and paper.down[2][0].stride == (2, 2)
+    flat = TransferNet(64, hidden=32, down=0)
+    assert flat.state_dict().keys() == paper.state_dict().keys()
+    assert flat.down[1][0].stride == (1, 1) and flat.down[1][0].dilation == (2, 2)
 
 
 @pytest.mark.parametrize("norm", ["batch", "group", "none"])
@@ -180,3 +211,16 @@ def test_losses_ignore_unlabelled_pixels():
     assert float(depth_loss(pred, depth, valid, None)) == pytest.approx((2 + 1 + 7) / 3)
     # focal-normalised units: target' = depth / scale, scale = f_frame / f_ref = 2 / 4
     assert float(depth_loss(pred, depth, valid, torch.tensor([0.5]))) == pytest.approx((1 + 1 + 17) / 3)
+
+
+def test_reports_name_a_g_built_beyond_the_paper():
+    """A G with fewer halvings is not the paper's method: its rows are labelled AT/DT+ and the
+    report says how G was built; the paper's G keeps the plain AT/DT label."""
+    from atdt_train.report import method_labels, transfer_name
+
+    assert transfer_name({"model": {"transfer_down": 2}}) == "Eq. 3 (paper)"
+    assert method_labels({"model": {"transfer_down": 2}})["atdt"] == "AT/DT"
+    assert transfer_name({"model": {"transfer_down": 0}}) == "Eq. 3, G with 0 halvings (paper: 2)"
+    assert method_labels({"model": {"transfer_down": 0}})["atdt_st"] == "AT/DT++ST"
+    assert transfer_name({"model": {"transfer_down": 1}, "transfer": {"task_loss": 0.5}}) \
+        == "Eq. 3 + 0.5 x task loss through D2, G with 1 halving (paper: 2)"

@@ -42,11 +42,13 @@ def test_stage_keys_change_with_what_a_stage_is_trained_with(domains, tmp_path):
     level3 = exp(model={"depth": 18, "feature_level": 3, "norm": "batch", "transfer_hidden": 32})
     seed1 = exp(seed=1)
     task_loss = exp(transfer={"task_loss": 1.0})
+    flat_g = experiment_from_dict(experiment(domains, tmp_path / "x"), ["model.transfer_down=0"])
     for stage in ("n1", "n2", "oracle"):
         assert stage_key(level3, stage) == stage_key(base, stage)
         assert stage_key(task_loss, stage) == stage_key(base, stage)
+        assert stage_key(flat_g, stage) == stage_key(base, stage)
         assert stage_key(seed1, stage) != stage_key(base, stage)
-    for other in (level3, seed1, task_loss):
+    for other in (level3, seed1, task_loss, flat_g):
         assert stage_key(other, "g") != stage_key(base, "g")
     more_n1 = experiment_from_dict(experiment(domains, tmp_path / "x"), ["steps.n1=3"])
     assert stage_key(more_n1, "n1") != stage_key(base, "n1")
