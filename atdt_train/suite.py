@@ -67,8 +67,8 @@ class Section:
     beside ``paper: {setting, baseline, atdt, oracle}`` (mIoU in %, or Abs Rel).
     ``levels``: ``rows: {level: row}``, AT/DT's mIoU and Acc on A and B per feature level (Fig. 4),
     beside ``paper: {A: {miou: trend, accuracy: trend}, B: ...}`` with trends in words.
-    ``compare``: ``rows: {label: row}``, two settings (without, with), AT/DT's mIoU and Acc on A and
-    B (Tab. 5 / Tab. 6), beside ``paper: {A: {miou: [without, with], accuracy: [...]}, B: ...}``.
+    ``compare``: ``rows: {label: row}``, two settings (without, with), AT/DT's mIoU, Acc and
+    thin-class IoU on A and B (Tab. 5 / Tab. 6), beside ``paper: {A: {miou: [without, with], accuracy: [...]}, B: ...}``.
     ``da``: ``rows: {label: row}``, the same experiment without and with pixel-level DA of B's
     images (``atdt_train translate``): (a) Baseline, (b) AT/DT, (c) DA, (d) AT/DT + DA on B, laid
     out like Tab. 3 / Tab. 4, beside ``paper: {baseline, atdt, da, atdt_da}`` (mIoU in %, or Abs Rel).
@@ -362,17 +362,24 @@ def _levels_section(section: Section, experiments: dict[str, Experiment], figure
 
 
 def _compare_section(section: Section, experiments: dict[str, Experiment]) -> list[str]:
+    from .report import thin_iou
+
     labels = list(section.rows)
     res = [_results(experiments[section.rows[label]]) for label in labels]
     paper = section.paper or {}
-    lines = ["| setting | domain | mIoU | Acc | paper mIoU | paper Acc |", "|---|---|---|---|---|---|"]
+
+    def thin(r: dict[str, Any] | None, domain: str) -> float:
+        row = r["domains"][domain]["task2"]["atdt"] if r else {}
+        return thin_iou(row) if "iou" in row else math.nan  # depth rows have no classes
+
+    lines = ["| setting | domain | mIoU | Acc | thin | paper mIoU | paper Acc |", "|---|---|---|---|---|---|---|"]
     for domain in ("A", "B"):
         for i, label in enumerate(labels):
             p = paper.get(domain) or {}
             pm, pa = (p.get("miou") or [None, None])[i], (p.get("accuracy") or [None, None])[i]
             lines.append(f"| {label} | {domain} | {percent(_atdt(res[i], domain, 'miou'))} | "
-                         f"{percent(_atdt(res[i], domain, 'accuracy'))} | {pm if pm is not None else MISSING} | "
-                         f"{pa if pa is not None else MISSING} |")
+                         f"{percent(_atdt(res[i], domain, 'accuracy'))} | {percent(thin(res[i], domain))} | "
+                         f"{pm if pm is not None else MISSING} | {pa if pa is not None else MISSING} |")
     lines += ["", f"| effect of {labels[1]} vs {labels[0]} | ours (points) | paper (points) | agrees |",
               "|---|---|---|---|"]
     for domain in ("A", "B"):

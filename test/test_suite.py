@@ -253,3 +253,24 @@ def test_experiment_and_suite_files_that_cannot_be_read_are_named(tmp_path):
             load(tmp_path / "none.yaml")
         with pytest.raises(ConfigError, match=rf"^{broken}: not valid YAML"):
             load(broken)
+
+
+def test_compare_section_gives_miou_acc_and_thin_on_both_domains_with_known_values(tmp_path):
+    from atdt_train.suite import Section, Suite, render_suite_report
+
+    exps = {}
+    for name, miou in (("paper_g", 0.30), ("flat_g", 0.36)):
+        exp = experiment_from_dict(experiment({d: {"train": "t.txt", "test": "t.txt"} for d in "AB"}, tmp_path / name))
+        exp.output_dir.mkdir(parents=True)
+        results = _results_json("semantic", {"atdt": miou})
+        iou = [miou] * 11
+        iou[4] = iou[5] = iou[8] = miou / 3  # person, pole, traffic sign
+        results["domains"]["B"]["task2"]["atdt"]["iou"] = iou
+        results["domains"]["A"] = {"task2": {"atdt": {"miou": miou + 0.2, "accuracy": 0.9, "iou": [0.5] * 11}}}
+        (exp.output_dir / "results.json").write_text(json.dumps(results))
+        exps[name] = exp
+    section = Section(kind="compare", title="G", rows={"paper's G": "paper_g", "flat G": "flat_g"})
+    report = render_suite_report(Suite(name="s", rows={}), [section], exps, {}, Path("s.yaml"))
+    assert "| paper's G | A | 50.0 | 90.0 | 50.0 | – | – |" in report
+    assert "| flat G | B | 36.0 | 46.0 | 12.0 | – | – |" in report
+    assert "| mIoU on B | +6.0 |" in report
