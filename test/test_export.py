@@ -88,6 +88,23 @@ def test_exported_formats_match_eager_and_metadata_records_it(chain) -> None:
     assert (out["semantic"] == ref_s[:1]).mean() >= 0.98
 
 
+def test_a_g_without_halvings_exports_and_matches_eager(tmp_path) -> None:
+    """``model.transfer_down: 0`` (dilated stride-1 convolutions in G) through ONNX: the export's
+    parity check passes and ONNX Runtime gives D2(G(E1(x))) of the eager networks."""
+    from atdt_train.models import TransferNet
+
+    n1, n2, _ = chain_helpers.seeded_networks()
+    torch.manual_seed(1)
+    g = TransferNet(n1.encoder.out_channels, down=0).eval()
+    export_chain(n1, n2, g, tmp_path, direction="dep2sem", input_size=chain_helpers.INPUT_SIZE,
+                 frames=chain_helpers.parity_frames(), formats=("onnx",))
+    x = chain_helpers.parity_frames(2, seed=7)
+    with torch.inference_mode():
+        ref = n2.decoder(g(n1.encoder(torch.from_numpy(x))), chain_helpers.INPUT_SIZE).argmax(1).numpy()
+    out = open_backend(tmp_path, "onnxruntime").infer(x[:1])
+    assert (out["semantic"] == ref[:1]).mean() >= 0.999
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_compiled_torch_backend_matches_the_program(chain, precision, caplog) -> None:
     import logging
