@@ -260,6 +260,7 @@ def run_suite(path: str | Path, only: list[str] | None = None, report_only: bool
         if name not in rows:
             raise ConfigError(f"--only {name}: not a row of {path}; accepted: {', '.join(rows)}")
     experiments = {name: row_experiment(suite, name, row) for name, row in rows.items()}
+    check_sections(sections, experiments)
     plan = share_plan(experiments)
     if not report_only:
         for name, exp in experiments.items():
@@ -359,6 +360,18 @@ def _levels_section(section: Section, experiments: dict[str, Experiment], figure
     if figure is not None:
         lines += ["", f"![Fig. 4: AT/DT per feature level]({figure.name})"]
     return lines
+
+
+def check_sections(sections: list[Section], experiments: dict[str, Experiment]) -> None:
+    """What needs the rows' experiments, checked before anything trains: a ``compare`` section
+    lays out mIoU and Acc, so its rows must be Dep→Sem."""
+    for section in sections:
+        if section.kind != "compare":
+            continue
+        depth_rows = [row for row in section.rows.values() if experiments[row].direction == "sem2dep"]
+        if depth_rows:
+            raise ConfigError(f"section {section.title!r}: a 'compare' section shows Dep→Sem rows (mIoU, Acc); "
+                              f"row(s) {', '.join(sorted(depth_rows))} are Sem→Dep (show them with 'methods' sections)")
 
 
 def _compare_section(section: Section, experiments: dict[str, Experiment]) -> list[str]:

@@ -274,3 +274,15 @@ def test_compare_section_gives_miou_acc_and_thin_on_both_domains_with_known_valu
     assert "| paper's G | A | 50.0 | 90.0 | 50.0 | – | – |" in report
     assert "| flat G | B | 36.0 | 46.0 | 12.0 | – | – |" in report
     assert "| mIoU on B | +6.0 |" in report
+
+
+def test_a_compare_section_of_sem2dep_rows_is_refused_before_training(domains, tmp_path):
+    from atdt_train.suite import run_suite
+
+    exp_path = write_yaml(tmp_path / "exp.yaml", experiment(domains, tmp_path / "unused") | {"direction": "sem2dep"})
+    suite = {"name": "s", "out_dir": str(tmp_path / "suite"),
+             "rows": {"a": {"experiment": exp_path}, "b": {"experiment": exp_path, "set": ["model.transfer_down=0"]}},
+             "sections": [{"kind": "compare", "title": "G", "rows": {"paper": "a", "flat": "b"}}]}
+    with pytest.raises(ConfigError, match=r"section 'G': a 'compare' section shows Dep→Sem rows .*row\(s\) a, b are Sem→Dep"):
+        run_suite(write_yaml(tmp_path / "suite.yaml", suite))
+    assert not (tmp_path / "suite").exists()  # nothing trained
