@@ -441,7 +441,7 @@ def _seeds_section(section: Section, experiments: dict[str, Experiment]) -> list
     import numpy as np
 
     from .evaluate import METHODS
-    from .report import METHOD_LABELS, gap_closed, thin_iou
+    from .report import gap_closed, method_labels, thin_iou
 
     names = list(section.rows.values())
     res = {name: _results(experiments[name]) for name in names}
@@ -449,6 +449,7 @@ def _seeds_section(section: Section, experiments: dict[str, Experiment]) -> list
     if not done:
         return [f"Rows {', '.join(names)} have no results yet."]
     semantic = res[done[0]]["task2"] == "semantic"
+    labels = method_labels(res[done[0]].get("config", {}))  # AT/DT+ when G is built or trained beyond the paper
     metrics = ((("mIoU", lambda r: 100 * r["miou"]), ("thin", lambda r: 100 * thin_iou(r))) if semantic else
                (("Abs Rel", lambda r: r["abs_rel"]), ("δ1 %", lambda r: 100 * r["delta1"])))
     digits = 1 if semantic else 3
@@ -469,14 +470,14 @@ def _seeds_section(section: Section, experiments: dict[str, Experiment]) -> list
         rows = [res[n]["domains"]["B"]["task2"].get(method) for n in done]
         if any(r is None for r in rows):
             continue
-        cells = [METHOD_LABELS[method]] + [spread([f(r) for r in rows], digits) for _, f in metrics]
+        cells = [labels[method]] + [spread([f(r) for r in rows], digits) for _, f in metrics]
         cells += [number(metrics[0][1](r), digits) for r in rows]
         lines.append("| " + " | ".join(cells) + " |")
     key = "miou" if semantic else "abs_rel"
     for method in ("atdt", "atdt_st"):
         gaps = [100 * gap_closed(res[n]["domains"]["B"]["task2"], key, method) for n in done]
         if any(not math.isnan(g) for g in gaps):
-            lines += ["", f"{METHOD_LABELS[method]} closes {spread(gaps, 0)} % of the Baseline→Oracle gap "
+            lines += ["", f"{labels[method]} closes {spread(gaps, 0)} % of the Baseline→Oracle gap "
                           f"({', '.join(number(g, 0) for g in gaps)})."]
     return lines
 

@@ -286,3 +286,21 @@ def test_a_compare_section_of_sem2dep_rows_is_refused_before_training(domains, t
     with pytest.raises(ConfigError, match=r"section 'G': a 'compare' section shows Dep→Sem rows .*row\(s\) a, b are Sem→Dep"):
         run_suite(write_yaml(tmp_path / "suite.yaml", suite))
     assert not (tmp_path / "suite").exists()  # nothing trained
+
+
+def test_seeds_section_labels_a_g_beyond_the_paper(tmp_path):
+    from atdt_train.suite import Section, Suite, render_suite_report
+
+    exps = {}
+    for seed in (0, 1):
+        exp = experiment_from_dict(experiment({d: {"train": "t.txt", "test": "t.txt"} for d in "AB"}, tmp_path / f"s{seed}"),
+                                   [f"seed={seed}"])
+        exp.output_dir.mkdir(parents=True)
+        results = _results_json("semantic", {"baseline": 0.2, "atdt": 0.3 + seed / 10, "oracle": 0.6})
+        results["config"] = {"model": {"transfer_down": 0}}
+        (exp.output_dir / "results.json").write_text(json.dumps(results))
+        exps[f"s{seed}"] = exp
+    section = Section(kind="seeds", title="flat G", rows={"0": "s0", "1": "s1"})
+    report = render_suite_report(Suite(name="s", rows={}), [section], exps, {}, Path("s.yaml"))
+    assert "| AT/DT+ | 35.0 ± 7.1 |" in report and "| AT/DT | " not in report
+    assert "AT/DT+ closes 38 ± 18 % of the Baseline→Oracle gap (25, 50)." in report
