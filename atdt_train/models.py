@@ -326,9 +326,10 @@ class TransferNet(nn.Module):
 
     ``down: 2`` is the paper's G: convolutions down to 1/4 of its input resolution and
     deconvolutions back. E1's features are at 1/16 of the image, so G's bottleneck is 1/64 of it:
-    8x16 cells for a 512x1024 input, 2x4 for 128x256. ``down: 1`` or ``0`` (beyond the paper) keep the layer count and
-    replace each stride-2 convolution by a stride-1 one with dilation 2 and each deconvolution by
-    a 3x3 convolution, so the bottleneck stays at 1/2 or at the input grid.
+    8x16 cells for a 512x1024 input, 2x4 for 128x256. ``down: 1`` or ``0`` (beyond the paper)
+    keep the layer count and replace each stride-2 convolution by a stride-1 one with dilation 2
+    and each deconvolution by a 3x3 convolution, so the bottleneck stays at 1/2 or at the input
+    grid.
     """
 
     def __init__(self, channels: int, norm: Norm = "batch", hidden: int | None = None,

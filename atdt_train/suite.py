@@ -381,9 +381,8 @@ def _compare_section(section: Section, experiments: dict[str, Experiment]) -> li
     res = [_results(experiments[section.rows[label]]) for label in labels]
     paper = section.paper or {}
 
-    def thin(r: dict[str, Any] | None, domain: str) -> float:
-        row = r["domains"][domain]["task2"]["atdt"] if r else {}
-        return thin_iou(row) if "iou" in row else math.nan  # depth rows have no classes
+    def thin(r: dict[str, Any] | None, domain: str) -> float:  # rows are Dep→Sem (check_sections)
+        return thin_iou(r["domains"][domain]["task2"]["atdt"]) if r else math.nan
 
     lines = ["| setting | domain | mIoU | Acc | thin | paper mIoU | paper Acc |", "|---|---|---|---|---|---|---|"]
     for domain in ("A", "B"):

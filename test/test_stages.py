@@ -382,6 +382,7 @@ def test_weights_record_their_decoder_and_older_records_load(domains, tmp_path):
 def test_g_records_its_halvings_and_older_records_load_as_the_paper_g(domains, tmp_path):
     from atdt_ros.files import atomic_path
     from atdt_train.checkpoints import load_transfer_net, load_weights, weights_path
+    from atdt_train.models import TransferNet
     from atdt_train.stages import train_stage
 
     exp = experiment_from_dict(experiment(domains, tmp_path / "out", steps=1), ["model.transfer_down=0"])
@@ -392,8 +393,7 @@ def test_g_records_its_halvings_and_older_records_load_as_the_paper_g(domains, t
     g = load_transfer_net(exp)
     assert g.down_steps == 0 and not any(m.stride == (2, 2) for m in g.modules() if isinstance(m, torch.nn.Conv2d))
     # a record from before transfer_down existed holds the paper's G: two halvings
-    paper = load_transfer_net(exp).__class__(record["channels"], record["norm"], record["hidden"],
-                                             record["out_channels"])
+    paper = TransferNet(record["channels"], record["norm"], record["hidden"], record["out_channels"])
     legacy = {k: v for k, v in record.items() if k != "down"} | {"state_dict": paper.state_dict()}
     with atomic_path(weights_path(exp, "g")) as tmp:
         torch.save(legacy, tmp)
